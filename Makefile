@@ -1,0 +1,41 @@
+# The commands a user types. `make test` runs everything (unit, e2e on real etcd and
+# kube-apiserver, formatting and lints) and installs what it needs first.
+CARGO ?= cargo
+
+.PHONY: all deps build test unit e2e lint crds crds-check cluster-in-a-box clean
+
+all: build
+
+## deps: apt packages and the kube-apiserver build (cached; fast when already present)
+deps:
+	@bash e2e/setup/install-deps.sh
+
+build: deps
+	$(CARGO) build --workspace --all-targets
+
+## test: everything, e2e included
+test: deps lint
+	$(CARGO) test --workspace
+
+## unit: tests that need no servers (the library crates)
+unit:
+	$(CARGO) test -p cilium-crds
+
+## e2e: the end-to-end tests on the cluster-in-a-box
+e2e: deps
+	$(CARGO) test -p e2e
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## crds: regenerate the CRD YAML from the Rust types (commit the result)
+crds:
+	$(CARGO) run -q -p cilium-crds --bin crdgen > crds/yaml/cilium-crds.yaml
+
+## cluster-in-a-box: etcd + kube-apiserver + CRDs until Ctrl-C
+cluster-in-a-box: deps
+	$(CARGO) run -q -p e2e --bin cluster-in-a-box
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs everything `make test` and `make demo` need on a fresh Debian machine:
+# the apt packages, and a kube-apiserver built from Debian's Kubernetes source
+# (cached; see build-kube-apiserver.sh). Idempotent and quiet when all is present.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+packages=(etcd-server etcd-client clang llvm libbpf-dev protobuf-compiler libprotobuf-dev
+          iproute2 iputils-ping netcat-openbsd openssl python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: apt-get install ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+# The Debian etcd-server package starts a system etcd on 2379; tests run their own.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+pkill -x etcd >/dev/null 2>&1 || true
+
+"$here/build-kube-apiserver.sh" >/dev/null

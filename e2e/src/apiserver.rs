@@ -1,0 +1,128 @@
+//! kube-apiserver (v1.20, built from Debian's source by `e2e/setup/`) with generated certs
+//! and a token for an admin in `system:masters`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::pki::{self, Authority};
+use crate::process::{Supervised, free_port, wait_until};
+use crate::{Error, START_TIMEOUT};
+
+/// Where `e2e/setup/build-kube-apiserver.sh` caches the binary.
+fn binary() -> Result<PathBuf, Error> {
+    if let Some(path) = std::env::var_os("KUBE_APISERVER") {
+        return Ok(path.into());
+    }
+    let cache =
+        std::env::var_os("CILIUM_RS_CACHE").unwrap_or_else(|| "/var/cache/cilium-rs".into());
+    let path = Path::new(&cache).join("kube-apiserver-v1.20.2");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(Error::Setup(format!(
+            "no kube-apiserver at {} (run `make deps`, or set KUBE_APISERVER)",
+            path.display()
+        )))
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiServer {
+    port: u16,
+    token: String,
+    ca_pem: String,
+    process: Supervised,
+}
+
+impl ApiServer {
+    /// Starts the apiserver against `etcd`, with its files in `dir`.
+    pub fn start(dir: &Path, etcd_endpoint: &str, pki: &Authority) -> Result<Self, Error> {
+        let port = free_port()?;
+        let serving = pki.issue("apiserver", "kube-apiserver", &["localhost", "127.0.0.1"])?;
+        let (sa_private, sa_public) = pki::signing_key(dir)?;
+        let token = format!("admin-{}", std::process::id());
+        let tokens = dir.join("tokens.csv");
+        pki::write(
+            &tokens,
+            &format!("{token},admin,admin,\"system:masters\"\n"),
+        )?;
+
+        let mut command = Command::new(binary()?);
+        command
+            .arg(format!("--etcd-servers={etcd_endpoint}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={port}"))
+            .arg("--insecure-port=0")
+            .arg(format!("--cert-dir={}", dir.display()))
+            .arg(format!("--tls-cert-file={}", serving.cert.display()))
+            .arg(format!("--tls-private-key-file={}", serving.key.display()))
+            .arg(format!("--client-ca-file={}", pki.ca_file().display()))
+            .arg(format!("--token-auth-file={}", tokens.display()))
+            .arg("--authorization-mode=RBAC")
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg(format!(
+                "--service-account-key-file={}",
+                sa_public.display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                sa_private.display()
+            ))
+            .arg("--service-cluster-ip-range=10.96.0.0/16")
+            .arg("--allow-privileged=true")
+            // No controller-manager runs here to create service-account token secrets, which
+            // the 1.20 ServiceAccount admission plugin would demand for every Pod.
+            .arg("--disable-admission-plugins=ServiceAccount")
+            .arg("--enable-priority-and-fairness=false")
+            .arg("--profiling=false")
+            .arg("--v=1");
+        let process =
+            Supervised::spawn("kube-apiserver", command, &dir.join("kube-apiserver.log"))?;
+        let mut server = Self {
+            port,
+            token,
+            ca_pem: pki.ca_pem(),
+            process,
+        };
+        let kubeconfig = dir.join("kubeconfig");
+        pki::write(&kubeconfig, &server.kubeconfig_yaml())?;
+        let probe = kubeconfig.clone();
+        wait_until(
+            "kube-apiserver /readyz",
+            START_TIMEOUT,
+            &mut server.process,
+            || {
+                Command::new("kubectl")
+                    .arg(format!("--kubeconfig={}", probe.display()))
+                    .args(["get", "--raw=/readyz", "--request-timeout=2s"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            },
+        )?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// A kubeconfig for the admin user (group `system:masters`).
+    pub fn kubeconfig_yaml(&self) -> String {
+        use base64::Engine as _;
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: bed\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    token: {}\ncontexts:\n- name: bed\n  context:\n    cluster: bed\n    user: admin\ncurrent-context: bed\n",
+            self.url(),
+            self.token
+        )
+    }
+}

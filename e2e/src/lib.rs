@@ -1,0 +1,62 @@
+//! cluster-in-a-box: a real etcd and a real kube-apiserver on 127.0.0.1, for end-to-end
+//! tests and the demo.
+//!
+//! [`ClusterBed::shared`] starts one bed per test process (the apiserver takes seconds to
+//! start); tests isolate themselves by namespace or object name ([`unique_name`]).
+//! [`ClusterBed::start`] gives a test its own bed when it must restart or break parts of it.
+
+mod apiserver;
+mod bed;
+mod etcd;
+pub mod pki;
+pub mod process;
+
+pub use apiserver::ApiServer;
+pub use bed::{ClusterBed, unique_name};
+pub use etcd::Etcd;
+
+use std::time::Duration;
+
+/// Why the test bed could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("{name} exited ({status}); its last output:\n{log_tail}")]
+    Exited {
+        name: String,
+        status: String,
+        log_tail: String,
+    },
+    #[error("timed out waiting for {what}; last output:\n{log_tail}")]
+    Timeout { what: String, log_tail: String },
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("{0}")]
+    Setup(String),
+    #[error("kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn cert(e: rcgen::Error) -> Self {
+        Error::Cert(e)
+    }
+}
+
+/// How long a server may take to become ready before the bed gives up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(90);
