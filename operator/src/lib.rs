@@ -1,0 +1,3 @@
+//! cilium-operator: leader election, cluster-pool PodCIDR allocation on CiliumNode.
+
+pub mod podcidr;
