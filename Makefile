@@ -15,6 +15,7 @@ build: deps
 
 ## test: everything, e2e included
 test: deps lint
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
 ## unit: tests that need no servers (the library crates)
@@ -23,6 +24,7 @@ unit:
 
 ## e2e: the end-to-end tests on the cluster-in-a-box
 e2e: deps
+	$(CARGO) build --workspace --bins
 	$(CARGO) test -p e2e
 
 lint:

@@ -1,0 +1,280 @@
+//! cilium-operator on a real apiserver: every Node gets a CiliumNode with a distinct
+//! PodCIDR, a restart changes nothing, one of two replicas leads and the other takes over
+//! after `kill -9`, exhaustion is reported and served once a block frees.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use e2e::ClusterBed;
+use e2e::operator::OperatorProcess;
+use serde_json::Value;
+
+const FAST_LEASE: [&str; 3] = [
+    "--leader-election-lease-duration=4s",
+    "--leader-election-renew-deadline=3s",
+    "--leader-election-retry-period=1s",
+];
+
+fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn create_nodes(bed: &ClusterBed, names: impl IntoIterator<Item = String>) {
+    let yaml: String = names
+        .into_iter()
+        .map(|n| format!("---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {n}\n"))
+        .collect();
+    bed.kubectl_run(&["apply", "-f", "-"], Some(&yaml))
+        .expect("nodes are created");
+}
+
+/// CiliumNode name → podCIDRs.
+fn pod_cidrs(bed: &ClusterBed) -> BTreeMap<String, Vec<String>> {
+    let out = bed
+        .kubectl_run(&["get", "ciliumnodes", "-o", "json"], None)
+        .expect("list ciliumnodes");
+    let list: Value = serde_json::from_str(&out).expect("json");
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|cn| {
+            let cidrs = cn["spec"]["ipam"]["podCIDRs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str().map(str::to_owned))
+                .collect();
+            (
+                cn["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                cidrs,
+            )
+        })
+        .collect()
+}
+
+fn lease_holder(bed: &ClusterBed, namespace: &str) -> Option<String> {
+    bed.kubectl_run(
+        &[
+            "get",
+            "lease",
+            "cilium-operator-resource-lock",
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    )
+    .ok()
+    .filter(|h| !h.is_empty())
+}
+
+fn operator_error(bed: &ClusterBed, node: &str) -> String {
+    bed.kubectl_run(
+        &[
+            "get",
+            "cn",
+            node,
+            "-o",
+            "jsonpath={.status.ipam.operator-status.error}",
+        ],
+        None,
+    )
+    .unwrap_or_default()
+}
+
+#[test]
+fn fifty_nodes_get_distinct_blocks_that_survive_a_restart() {
+    let bed = ClusterBed::start().expect("bed");
+    let names: Vec<String> = (0..50).map(|i| format!("node-{i:02}")).collect();
+    create_nodes(&bed, names.clone());
+    let flags = [
+        "--cluster-pool-ipv4-cidr=10.200.0.0/16",
+        "--cluster-pool-ipv6-cidr=fd00:200::/104",
+        FAST_LEASE[0],
+        FAST_LEASE[1],
+        FAST_LEASE[2],
+    ];
+    let mut first =
+        OperatorProcess::start(&bed, "op-a", "default", &flags).expect("operator starts");
+
+    let allocated = wait_for(
+        "50 CiliumNodes with an IPv4 and an IPv6 block",
+        Duration::from_secs(90),
+        || {
+            let all = pod_cidrs(&bed);
+            (all.len() == 50 && all.values().all(|c| c.len() == 2)).then_some(all)
+        },
+    );
+    assert_eq!(
+        allocated.keys().cloned().collect::<Vec<_>>(),
+        names,
+        "a CiliumNode per Node, same names"
+    );
+    let blocks: BTreeSet<&String> = allocated.values().flatten().collect();
+    assert_eq!(blocks.len(), 100, "every block is distinct");
+    for cidrs in allocated.values() {
+        assert!(
+            cidrs[0].starts_with("10.200.") && cidrs[0].ends_with("/24"),
+            "{cidrs:?}"
+        );
+        assert!(
+            cidrs[1].starts_with("fd00:200::") && cidrs[1].ends_with("/120"),
+            "{cidrs:?}"
+        );
+    }
+    let health = bed.kubectl_run(&["get", "--raw", "/"], None).map(drop);
+    assert!(health.is_ok());
+    let metrics = http_get(first.api_port, "/metrics");
+    assert!(is_leader(first.api_port), "{metrics}");
+    assert!(http_get(first.api_port, "/healthz").contains("ok"));
+
+    first.process.signal(libc::SIGKILL);
+    first.process.stop();
+    let second =
+        OperatorProcess::start(&bed, "op-b", "default", &flags).expect("operator restarts");
+    wait_for(
+        "the restarted operator to lead",
+        Duration::from_secs(30),
+        || (lease_holder(&bed, "default").as_deref() == Some("op-b")).then_some(()),
+    );
+    // Let it run a few passes (new node included) before comparing.
+    create_nodes(&bed, ["node-late".to_owned()]);
+    wait_for("the late node's blocks", Duration::from_secs(30), || {
+        pod_cidrs(&bed)
+            .get("node-late")
+            .filter(|c| c.len() == 2)
+            .cloned()
+    });
+    let after = pod_cidrs(&bed);
+    for (name, cidrs) in &allocated {
+        assert_eq!(
+            after.get(name),
+            Some(cidrs),
+            "{name} kept its blocks across the restart"
+        );
+    }
+    assert!(
+        !blocks.contains(&after["node-late"][0]),
+        "the late node got a free block"
+    );
+    drop(second);
+}
+
+#[test]
+fn one_replica_leads_a_killed_leader_is_replaced_and_exhaustion_is_served() {
+    let bed = ClusterBed::start().expect("bed");
+    let flags = [
+        "--cluster-pool-ipv4-cidr=10.201.0.0/23",
+        FAST_LEASE[0],
+        FAST_LEASE[1],
+        FAST_LEASE[2],
+    ];
+    let mut replicas = vec![
+        OperatorProcess::start(&bed, "replica-1", "kube-system", &flags).expect("replica 1"),
+        OperatorProcess::start(&bed, "replica-2", "kube-system", &flags).expect("replica 2"),
+    ];
+    let holder = wait_for("a lease holder", Duration::from_secs(30), || {
+        lease_holder(&bed, "kube-system")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        lease_holder(&bed, "kube-system").as_deref(),
+        Some(holder.as_str()),
+        "the holder stays put"
+    );
+    let leaders: Vec<&str> = replicas
+        .iter()
+        .filter(|r| is_leader(r.api_port))
+        .map(|r| r.identity.as_str())
+        .collect();
+    assert_eq!(
+        leaders,
+        [holder.as_str()],
+        "exactly the holder considers itself leader"
+    );
+
+    // Two blocks for three nodes: the third waits, with an error and an Event.
+    create_nodes(&bed, ["a".to_owned(), "b".to_owned()]);
+    wait_for("a and b served", Duration::from_secs(30), || {
+        let all = pod_cidrs(&bed);
+        (all.get("a").is_some_and(|c| c.len() == 1) && all.get("b").is_some_and(|c| c.len() == 1))
+            .then_some(())
+    });
+    create_nodes(&bed, ["c".to_owned()]);
+    let error = wait_for("c's allocation error", Duration::from_secs(30), || {
+        Some(operator_error(&bed, "c")).filter(|e| !e.is_empty())
+    });
+    assert!(error.contains("allocator full"), "{error}");
+    assert!(pod_cidrs(&bed)["c"].is_empty());
+    let events = wait_for("the exhaustion Event", Duration::from_secs(30), || {
+        bed.kubectl_run(&["get", "events.events.k8s.io", "-A", "-o", "json"], None)
+            .ok()
+            .filter(|e| e.contains("PodCIDRAllocationFailed"))
+    });
+    assert!(events.contains("\"c\""), "the Event is about node c");
+
+    // kill -9 the leader: the other replica takes over and serves c once a's block frees.
+    let killed_at = Instant::now();
+    let index = replicas
+        .iter()
+        .position(|r| r.identity == holder)
+        .expect("holder is a replica");
+    let mut leader = replicas.remove(index);
+    leader.process.signal(libc::SIGKILL);
+    leader.process.stop();
+    let survivor = replicas[0].identity.clone();
+    wait_for(
+        "the survivor to take the lease",
+        Duration::from_secs(30),
+        || (lease_holder(&bed, "kube-system").as_deref() == Some(survivor.as_str())).then_some(()),
+    );
+    println!(
+        "takeover after kill -9: {:?} (lease duration 4s)",
+        killed_at.elapsed()
+    );
+    let freed = pod_cidrs(&bed)["a"].clone();
+    bed.kubectl_run(&["delete", "node", "a"], None)
+        .expect("delete node a");
+    wait_for("a's CiliumNode deleted", Duration::from_secs(30), || {
+        (!pod_cidrs(&bed).contains_key("a")).then_some(())
+    });
+    let served = wait_for(
+        "c served from the freed block",
+        Duration::from_secs(30),
+        || pod_cidrs(&bed).get("c").filter(|c| !c.is_empty()).cloned(),
+    );
+    assert_eq!(served, freed);
+    wait_for("c's error cleared", Duration::from_secs(30), || {
+        operator_error(&bed, "c").is_empty().then_some(())
+    });
+}
+
+fn is_leader(api_port: u16) -> bool {
+    http_get(api_port, "/metrics")
+        .lines()
+        .any(|l| l == "cilium_operator_is_leader 1")
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}

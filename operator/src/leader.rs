@@ -1,0 +1,307 @@
+//! Leader election through a coordination.k8s.io Lease, with client-go's semantics: a
+//! holder renews every `retry_period`; a candidate takes the lease once it has seen the
+//! same record unchanged for `lease_duration` (local clock, so clock skew does not matter);
+//! a leader that cannot renew within `renew_deadline` stops leading.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use tokio::sync::watch;
+
+/// Cilium's lease name.
+pub const LEASE_NAME: &str = "cilium-operator-resource-lock";
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+/// The part of a Lease the election looks at.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record {
+    pub holder: Option<String>,
+    pub lease_duration_seconds: Option<i32>,
+    pub renew_time: Option<String>,
+    pub transitions: i32,
+}
+
+/// What the candidate should do with the lease it just read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// We hold it: write a new renew time.
+    Renew,
+    /// Free or expired: write ourselves in as holder.
+    TakeOver,
+    /// Someone else holds it and it has not expired.
+    Wait,
+}
+
+/// When a candidate first saw the current record.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    record: Option<Record>,
+    since: Option<Instant>,
+}
+
+/// Decides from the lease's record, who we are, and how long we have watched the record.
+pub fn decide(
+    record: &Record,
+    me: &str,
+    observed: &mut Observation,
+    now: Instant,
+    default_duration: Duration,
+) -> Decision {
+    match record.holder.as_deref() {
+        Some(holder) if holder == me => return Decision::Renew,
+        None | Some("") => return Decision::TakeOver,
+        Some(_) => {}
+    }
+    if observed.record.as_ref() != Some(record) {
+        observed.record = Some(record.clone());
+        observed.since = Some(now);
+    }
+    let duration = record
+        .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(default_duration, Duration::from_secs);
+    match observed.since {
+        Some(since) if now.duration_since(since) >= duration => Decision::TakeOver,
+        _ => Decision::Wait,
+    }
+}
+
+fn record_of(lease: &Lease) -> Record {
+    let spec = lease.spec.clone().unwrap_or_default();
+    Record {
+        holder: spec.holder_identity,
+        lease_duration_seconds: spec.lease_duration_seconds,
+        renew_time: spec.renew_time.map(|t| t.0.to_string()),
+        transitions: spec.lease_transitions.unwrap_or(0),
+    }
+}
+
+/// Runs the election forever; `leading` says whether this replica may write. Returns only
+/// when leadership, once held, is lost: the caller must stop writing and exit.
+pub async fn run(
+    api: Api<Lease>,
+    me: String,
+    timing: Timing,
+    leading: watch::Sender<bool>,
+) -> anyhow::Result<()> {
+    let mut observed = Observation::default();
+    let mut last_renew: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        match try_acquire_or_renew(&api, &me, &timing, &mut observed, now).await {
+            Ok(true) => {
+                if last_renew.is_none() {
+                    tracing::info!(identity = %me, lease = LEASE_NAME, "became leader");
+                }
+                last_renew = Some(now);
+                leading.send_replace(true);
+            }
+            Ok(false) if last_renew.is_some() => {
+                leading.send_replace(false);
+                anyhow::bail!("leader election lost: another replica holds {LEASE_NAME}");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "lease update failed");
+                if last_renew.is_some_and(|t| now.duration_since(t) > timing.renew_deadline) {
+                    leading.send_replace(false);
+                    anyhow::bail!(
+                        "leader election lost: lease not renewed within {:?}",
+                        timing.renew_deadline
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(timing.retry_period).await;
+    }
+}
+
+async fn try_acquire_or_renew(
+    api: &Api<Lease>,
+    me: &str,
+    timing: &Timing,
+    observed: &mut Observation,
+    now: Instant,
+) -> Result<bool, kube::Error> {
+    let now_time = MicroTime(Timestamp::now());
+    let duration_seconds = i32::try_from(timing.lease_duration.as_secs()).unwrap_or(i32::MAX);
+    let Some(mut lease) = api.get_opt(LEASE_NAME).await? else {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(LEASE_NAME.into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(me.into()),
+                lease_duration_seconds: Some(duration_seconds),
+                acquire_time: Some(now_time.clone()),
+                renew_time: Some(now_time),
+                lease_transitions: Some(0),
+                ..Default::default()
+            }),
+        };
+        return match api.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        };
+    };
+    let record = record_of(&lease);
+    let decision = decide(&record, me, observed, now, timing.lease_duration);
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    match decision {
+        Decision::Wait => return Ok(false),
+        Decision::Renew => {}
+        Decision::TakeOver => {
+            spec.holder_identity = Some(me.into());
+            spec.acquire_time = Some(now_time.clone());
+            spec.lease_transitions = Some(record.transitions + 1);
+        }
+    }
+    spec.lease_duration_seconds = Some(duration_seconds);
+    spec.renew_time = Some(now_time);
+    // `replace` carries the resourceVersion we read: a concurrent writer makes this a 409.
+    match api
+        .replace(LEASE_NAME, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives the lease up (on shutdown) so another replica need not wait for it to expire.
+pub async fn release(api: &Api<Lease>, me: &str) -> Result<(), kube::Error> {
+    let Some(mut lease) = api.get_opt(LEASE_NAME).await? else {
+        return Ok(());
+    };
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    if spec.holder_identity.as_deref() != Some(me) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    api.replace(LEASE_NAME, &PostParams::default(), &lease)
+        .await
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held_by(holder: &str, renew: &str) -> Record {
+        Record {
+            holder: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(renew.into()),
+            transitions: 1,
+        }
+    }
+
+    #[test]
+    fn a_free_lease_is_taken_and_our_own_is_renewed() {
+        let now = Instant::now();
+        let mut seen = Observation::default();
+        assert_eq!(
+            decide(
+                &Record::default(),
+                "me",
+                &mut seen,
+                now,
+                Duration::from_secs(15)
+            ),
+            Decision::TakeOver
+        );
+        assert_eq!(
+            decide(
+                &held_by("me", "t1"),
+                "me",
+                &mut seen,
+                now,
+                Duration::from_secs(15)
+            ),
+            Decision::Renew
+        );
+    }
+
+    #[test]
+    fn another_holder_is_waited_out_for_a_lease_duration_of_local_time() {
+        let start = Instant::now();
+        let mut seen = Observation::default();
+        let other = held_by("other", "t1");
+        assert_eq!(
+            decide(&other, "me", &mut seen, start, Duration::from_secs(15)),
+            Decision::Wait
+        );
+        assert_eq!(
+            decide(
+                &other,
+                "me",
+                &mut seen,
+                start + Duration::from_secs(14),
+                Duration::from_secs(15)
+            ),
+            Decision::Wait
+        );
+        assert_eq!(
+            decide(
+                &other,
+                "me",
+                &mut seen,
+                start + Duration::from_secs(15),
+                Duration::from_secs(15)
+            ),
+            Decision::TakeOver
+        );
+    }
+
+    #[test]
+    fn a_renewal_restarts_the_wait() {
+        let start = Instant::now();
+        let mut seen = Observation::default();
+        decide(
+            &held_by("other", "t1"),
+            "me",
+            &mut seen,
+            start,
+            Duration::from_secs(15),
+        );
+        let renewed = held_by("other", "t2");
+        let later = start + Duration::from_secs(10);
+        assert_eq!(
+            decide(&renewed, "me", &mut seen, later, Duration::from_secs(15)),
+            Decision::Wait
+        );
+        assert_eq!(
+            decide(
+                &renewed,
+                "me",
+                &mut seen,
+                later + Duration::from_secs(14),
+                Duration::from_secs(15)
+            ),
+            Decision::Wait
+        );
+        assert_eq!(
+            decide(
+                &renewed,
+                "me",
+                &mut seen,
+                later + Duration::from_secs(15),
+                Duration::from_secs(15)
+            ),
+            Decision::TakeOver
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! cilium-operator: leader-elected owner of CiliumNode PodCIDR allocation.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cilium_operator::leader::{self, LEASE_NAME, Timing};
+use cilium_operator::metrics::Metrics;
+use cilium_operator::nodes::NodeController;
+use cilium_operator::podcidr::PoolConfig;
+use clap::Parser;
+use ipnet::IpNet;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+
+/// Flags as Cilium's operator names them.
+#[derive(Debug, Parser)]
+#[command(name = "cilium-operator", version)]
+struct Args {
+    /// IPv4 pools for cluster-pool IPAM (comma-separated or repeated).
+    #[arg(long = "cluster-pool-ipv4-cidr", value_delimiter = ',', value_parser = parse_cidr)]
+    ipv4_pools: Vec<IpNet>,
+    #[arg(long = "cluster-pool-ipv4-mask-size", default_value_t = 24)]
+    ipv4_mask: u8,
+    /// IPv6 pools for cluster-pool IPAM.
+    #[arg(long = "cluster-pool-ipv6-cidr", value_delimiter = ',', value_parser = parse_cidr)]
+    ipv6_pools: Vec<IpNet>,
+    #[arg(long = "cluster-pool-ipv6-mask-size", default_value_t = 120)]
+    ipv6_mask: u8,
+    #[arg(long, default_value = "default")]
+    cluster_name: String,
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8))]
+    cluster_id: u8,
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    leader_election_lease_duration: Duration,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    leader_election_renew_deadline: Duration,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    leader_election_retry_period: Duration,
+    /// Namespace of the leader-election Lease.
+    #[arg(
+        long = "k8s-namespace",
+        env = "CILIUM_K8S_NAMESPACE",
+        default_value = "kube-system"
+    )]
+    namespace: String,
+    /// Kubeconfig file; without it, in-cluster config or $KUBECONFIG.
+    #[arg(long = "k8s-kubeconfig-path", alias = "kubeconfig")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// Address of /healthz and /metrics.
+    #[arg(long = "operator-api-serve-addr", default_value = "127.0.0.1:9234")]
+    api_addr: SocketAddr,
+    /// Holder identity in the Lease (default: hostname and a random suffix).
+    #[arg(long, env = "CILIUM_OPERATOR_ID")]
+    identity: Option<String>,
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    s.parse().map_err(|e| format!("{s:?} is not a CIDR: {e}"))
+}
+
+/// Go-style durations: `15s`, `500ms`, `2m`, `1h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 15s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!(
+            "{s:?} is not a duration like 15s (units: ms, s, m, h)"
+        )),
+    }
+}
+
+impl Args {
+    fn pools(&self) -> anyhow::Result<PoolConfig> {
+        let pools = PoolConfig {
+            ipv4: self.ipv4_pools.clone(),
+            ipv4_mask: self.ipv4_mask,
+            ipv6: self.ipv6_pools.clone(),
+            ipv6_mask: self.ipv6_mask,
+        };
+        pools
+            .validate()
+            .context("invalid cluster-pool configuration")?;
+        anyhow::ensure!(
+            !pools.ipv4.is_empty() || !pools.ipv6.is_empty(),
+            "set --cluster-pool-ipv4-cidr or --cluster-pool-ipv6-cidr"
+        );
+        Ok(pools)
+    }
+
+    fn timing(&self) -> anyhow::Result<Timing> {
+        anyhow::ensure!(
+            self.leader_election_renew_deadline < self.leader_election_lease_duration,
+            "--leader-election-renew-deadline must be shorter than --leader-election-lease-duration"
+        );
+        Ok(Timing {
+            lease_duration: self.leader_election_lease_duration,
+            renew_deadline: self.leader_election_renew_deadline,
+            retry_period: self.leader_election_retry_period,
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cilium-operator: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    // Every flag is checked before the cluster is touched.
+    let pools = args.pools()?;
+    let timing = args.timing()?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    let client = kube::Client::try_from(config)?;
+    tracing::info!(%identity, cluster = %args.cluster_name, cluster_id = args.cluster_id, "starting");
+
+    let metrics = Arc::new(Metrics::default());
+    let server = serve(args.api_addr, metrics.clone()).await?;
+    let (leading_tx, leading) = tokio::sync::watch::channel(false);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &args.namespace);
+    let controller = NodeController::start(client, pools, metrics.clone(), &identity);
+    let mut leader_metric = leading.clone();
+    let metrics_task = async move {
+        while leader_metric.changed().await.is_ok() {
+            metrics.set_leader(*leader_metric.borrow());
+        }
+    };
+    let result = tokio::select! {
+        r = leader::run(leases.clone(), identity.clone(), timing, leading_tx) => r,
+        r = controller.run(leading) => r,
+        r = server => r.context("health server task").and_then(|served| served.context("health server")),
+        _ = metrics_task => Ok(()),
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down; releasing {LEASE_NAME}");
+            leader::release(&leases, &identity).await.map_err(Into::into)
+        }
+    };
+    result
+}
+
+async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.encode() }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    Ok(tokio::spawn(
+        async move { axum::serve(listener, app).await },
+    ))
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "cilium-operator".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{host}-{:010x}",
+        (u64::from(nanos) << 16) ^ u64::from(std::process::id())
+    )
+}
