@@ -200,6 +200,13 @@ pub async fn release(api: &Api<Lease>, me: &str) -> Result<(), kube::Error> {
 mod tests {
     use super::*;
 
+    const DURATION: Duration = Duration::from_secs(15);
+
+    /// What "me" decides on seeing `record` at `at`.
+    fn decide_at(record: &Record, seen: &mut Observation, at: Instant) -> Decision {
+        decide(record, "me", seen, at, DURATION)
+    }
+
     fn held_by(holder: &str, renew: &str) -> Record {
         Record {
             holder: Some(holder.into()),
@@ -214,23 +221,11 @@ mod tests {
         let now = Instant::now();
         let mut seen = Observation::default();
         assert_eq!(
-            decide(
-                &Record::default(),
-                "me",
-                &mut seen,
-                now,
-                Duration::from_secs(15)
-            ),
+            decide_at(&Record::default(), &mut seen, now),
             Decision::TakeOver
         );
         assert_eq!(
-            decide(
-                &held_by("me", "t1"),
-                "me",
-                &mut seen,
-                now,
-                Duration::from_secs(15)
-            ),
+            decide_at(&held_by("me", "t1"), &mut seen, now),
             Decision::Renew
         );
     }
@@ -240,28 +235,13 @@ mod tests {
         let start = Instant::now();
         let mut seen = Observation::default();
         let other = held_by("other", "t1");
+        assert_eq!(decide_at(&other, &mut seen, start), Decision::Wait);
         assert_eq!(
-            decide(&other, "me", &mut seen, start, Duration::from_secs(15)),
+            decide_at(&other, &mut seen, start + Duration::from_secs(14)),
             Decision::Wait
         );
         assert_eq!(
-            decide(
-                &other,
-                "me",
-                &mut seen,
-                start + Duration::from_secs(14),
-                Duration::from_secs(15)
-            ),
-            Decision::Wait
-        );
-        assert_eq!(
-            decide(
-                &other,
-                "me",
-                &mut seen,
-                start + Duration::from_secs(15),
-                Duration::from_secs(15)
-            ),
+            decide_at(&other, &mut seen, start + Duration::from_secs(15)),
             Decision::TakeOver
         );
     }
@@ -270,37 +250,16 @@ mod tests {
     fn a_renewal_restarts_the_wait() {
         let start = Instant::now();
         let mut seen = Observation::default();
-        decide(
-            &held_by("other", "t1"),
-            "me",
-            &mut seen,
-            start,
-            Duration::from_secs(15),
-        );
+        decide_at(&held_by("other", "t1"), &mut seen, start);
         let renewed = held_by("other", "t2");
         let later = start + Duration::from_secs(10);
+        assert_eq!(decide_at(&renewed, &mut seen, later), Decision::Wait);
         assert_eq!(
-            decide(&renewed, "me", &mut seen, later, Duration::from_secs(15)),
+            decide_at(&renewed, &mut seen, later + Duration::from_secs(14)),
             Decision::Wait
         );
         assert_eq!(
-            decide(
-                &renewed,
-                "me",
-                &mut seen,
-                later + Duration::from_secs(14),
-                Duration::from_secs(15)
-            ),
-            Decision::Wait
-        );
-        assert_eq!(
-            decide(
-                &renewed,
-                "me",
-                &mut seen,
-                later + Duration::from_secs(15),
-                Duration::from_secs(15)
-            ),
+            decide_at(&renewed, &mut seen, later + Duration::from_secs(15)),
             Decision::TakeOver
         );
     }

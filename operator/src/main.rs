@@ -153,7 +153,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             metrics.set_leader(*leader_metric.borrow());
         }
     };
-    let result = tokio::select! {
+    tokio::select! {
         r = leader::run(leases.clone(), identity.clone(), timing, leading_tx) => r,
         r = controller.run(leading) => r,
         r = server => r.context("health server task").and_then(|served| served.context("health server")),
@@ -162,8 +162,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tracing::info!("shutting down; releasing {LEASE_NAME}");
             leader::release(&leases, &identity).await.map_err(Into::into)
         }
-    };
-    result
+    }
 }
 
 async fn serve(

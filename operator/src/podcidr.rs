@@ -274,11 +274,8 @@ impl Allocator {
                 continue;
             };
             let family = family_of(&cidr);
-            if self.block_of(node, family).is_some_and(|held| held == cidr) {
-                continue;
-            }
             if self.block_of(node, family).is_some() {
-                continue; // the node already holds another block of this family
+                continue; // the node already holds (this or another) block of this family
             }
             if let Err(e) = self.occupy(node, cidr) {
                 errors.push(e);
