@@ -2,7 +2,7 @@
 # kube-apiserver, formatting and lints) and installs what it needs first.
 CARGO ?= cargo
 
-.PHONY: all deps build test unit e2e lint crds crds-check cluster-in-a-box clean
+.PHONY: all deps build test unit e2e bench lint crds crds-check cluster-in-a-box clean
 
 all: build
 
@@ -26,6 +26,11 @@ unit:
 e2e: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test -p e2e
+
+## bench: the speed and memory numbers (release build, own cluster-in-a-box; prints, never asserts)
+bench: deps
+	$(CARGO) build --release --workspace --bins
+	./target/release/bench $(BENCH)
 
 lint:
 	$(CARGO) fmt --all -- --check

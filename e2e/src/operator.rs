@@ -6,15 +6,19 @@ use std::process::Command;
 use crate::process::{Supervised, free_port};
 use crate::{ClusterBed, Error};
 
-/// The workspace's `target/<profile>/` directory, found from the running test binary
-/// (`target/<profile>/deps/<test>`); `make test` builds the binaries there first.
+/// A binary in the workspace's `target/<profile>/` directory, found from the running
+/// executable: a test (`target/<profile>/deps/<test>`) or a bin (`target/<profile>/<bin>`);
+/// `make test` and `make bench` build the binaries there first.
 pub fn built_binary(name: &str) -> Result<PathBuf, Error> {
     let exe = std::env::current_exe().map_err(|e| Error::io("current_exe", e))?;
-    let path = exe
+    let profile = exe
         .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join(name))
+        .and_then(|dir| match dir.file_name() {
+            Some(leaf) if leaf == "deps" => dir.parent(),
+            _ => Some(dir),
+        })
         .ok_or_else(|| Error::Setup(format!("no target directory above {}", exe.display())))?;
+    let path = profile.join(name);
     if path.exists() {
         Ok(path)
     } else {

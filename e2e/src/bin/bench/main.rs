@@ -1,0 +1,75 @@
+//! `make bench`: the speed and memory numbers of the issues, printed, never asserted (the
+//! machines are shared and noisy). Runs on its own cluster-in-a-box with release binaries.
+//!
+//! `bench [podcidr] [identity]` runs the named benchmarks (all when none is named).
+
+mod podcidr;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+fn main() -> ExitCode {
+    let wanted: Vec<String> = std::env::args().skip(1).collect();
+    let runs = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    if runs("podcidr") {
+        report("podcidr", runtime.block_on(podcidr::run()), &mut failed);
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn report(name: &str, outcome: anyhow::Result<()>, failed: &mut bool) {
+    if let Err(e) = outcome {
+        eprintln!("bench {name}: {e:#}");
+        *failed = true;
+    }
+}
+
+/// Resident set size now and at its peak (kB), from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Polls `probe` every `every` until it yields, or fails after `timeout`.
+pub async fn poll<T, F, Fut>(
+    what: &str,
+    every: Duration,
+    timeout: Duration,
+    mut probe: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await? {
+            return Ok(value);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(every).await;
+    }
+}
+
+pub fn per_second(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(f64::EPSILON)
+}
