@@ -70,6 +70,24 @@ impl Etcd {
         self.process.as_ref().map(Supervised::pid)
     }
 
+    /// Runs `etcdctl` (v3 API) against this etcd and returns its stdout.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String, Error> {
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .args(args)
+            .output()
+            .map_err(|e| Error::io("etcdctl", e))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(Error::Command {
+                command: format!("etcdctl {}", args.join(" ")),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            })
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.process.is_some()
     }

@@ -16,7 +16,7 @@ pub use apiserver::ApiServer;
 pub use bed::{ClusterBed, unique_name};
 pub use etcd::Etcd;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why the test bed could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -61,3 +61,16 @@ impl Error {
 
 /// How long a server may take to become ready before the bed gives up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Polls `probe` every 250 ms until it yields; panics naming `what` after `timeout`.
+/// For tests: a timeout is their failure.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

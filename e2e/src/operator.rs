@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use crate::process::{Supervised, free_port};
 use crate::{ClusterBed, Error};
@@ -63,4 +64,49 @@ impl OperatorProcess {
             process,
         })
     }
+}
+
+/// Leader-election flags short enough for tests.
+pub const FAST_LEASE: [&str; 3] = [
+    "--leader-election-lease-duration=4s",
+    "--leader-election-renew-deadline=3s",
+    "--leader-election-retry-period=1s",
+];
+
+/// The holder of the operator's Lease in `namespace`.
+pub fn lease_holder(bed: &ClusterBed, namespace: &str) -> Option<String> {
+    bed.kubectl_run(
+        &[
+            "get",
+            "lease",
+            "cilium-operator-resource-lock",
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    )
+    .ok()
+    .filter(|h| !h.is_empty())
+}
+
+/// Whether the replica serving metrics on `api_port` considers itself leader.
+pub fn is_leader(api_port: u16) -> bool {
+    http_get(api_port, "/metrics")
+        .lines()
+        .any(|l| l == "cilium_operator_is_leader 1")
+}
+
+/// The whole HTTP/1.0 response to `GET path` on loopback, or "" when unreachable.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
 }

@@ -5,26 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use e2e::ClusterBed;
-use e2e::operator::OperatorProcess;
+use e2e::operator::{FAST_LEASE, OperatorProcess, http_get, is_leader, lease_holder};
+use e2e::{ClusterBed, wait_for};
 use serde_json::Value;
-
-const FAST_LEASE: [&str; 3] = [
-    "--leader-election-lease-duration=4s",
-    "--leader-election-renew-deadline=3s",
-    "--leader-election-retry-period=1s",
-];
-
-fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 fn create_nodes(bed: &ClusterBed, names: impl IntoIterator<Item = String>) {
     let yaml: String = names
@@ -61,23 +44,6 @@ fn pod_cidrs(bed: &ClusterBed) -> BTreeMap<String, Vec<String>> {
             )
         })
         .collect()
-}
-
-fn lease_holder(bed: &ClusterBed, namespace: &str) -> Option<String> {
-    bed.kubectl_run(
-        &[
-            "get",
-            "lease",
-            "cilium-operator-resource-lock",
-            "-n",
-            namespace,
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ],
-        None,
-    )
-    .ok()
-    .filter(|h| !h.is_empty())
 }
 
 fn operator_error(bed: &ClusterBed, node: &str) -> String {
@@ -259,22 +225,4 @@ fn one_replica_leads_a_killed_leader_is_replaced_and_exhaustion_is_served() {
     wait_for("c's error cleared", Duration::from_secs(30), || {
         operator_error(&bed, "c").is_empty().then_some(())
     });
-}
-
-fn is_leader(api_port: u16) -> bool {
-    http_get(api_port, "/metrics")
-        .lines()
-        .any(|l| l == "cilium_operator_is_leader 1")
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
 }

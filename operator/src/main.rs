@@ -1,18 +1,26 @@
-//! cilium-operator: leader-elected owner of CiliumNode PodCIDR allocation.
+//! cilium-operator: leader-elected owner of CiliumNode PodCIDR allocation, CiliumIdentity
+//! allocation and GC, and the etcd kvstore mirror.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use cilium_identity::LabelFilter;
+use cilium_kvstore::EtcdConfig;
+use cilium_operator::FIELD_MANAGER;
+use cilium_operator::identities::{IdentityConfig, IdentityController};
+use cilium_operator::kvmirror::{Mirror, MirrorConfig};
 use cilium_operator::leader::{self, LEASE_NAME, Timing};
 use cilium_operator::metrics::Metrics;
 use cilium_operator::nodes::NodeController;
 use cilium_operator::podcidr::PoolConfig;
+use cilium_operator::watch::{Caches, Wakers};
 use clap::Parser;
 use ipnet::IpNet;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
+use kube::runtime::events::{Recorder, Reporter};
 
 /// Flags as Cilium's operator names them.
 #[derive(Debug, Parser)]
@@ -54,6 +62,33 @@ struct Args {
     /// Holder identity in the Lease (default: hostname and a random suffix).
     #[arg(long, env = "CILIUM_OPERATOR_ID")]
     identity: Option<String>,
+    /// Identity-relevant label patterns, `[source:][!]regex` (comma-separated or
+    /// repeated); Cilium's default exclusions always apply.
+    #[arg(long = "labels", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// How often unused identities are marked and deleted.
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    identity_gc_interval: Duration,
+    /// How long an identity stays marked unused before it is deleted.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    identity_heartbeat_timeout: Duration,
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    identity_gc_rate_interval: Duration,
+    /// Most identities deleted per --identity-gc-rate-interval.
+    #[arg(long, default_value_t = 2500)]
+    identity_gc_rate_limit: usize,
+    /// kvstore type; only `etcd` exists. The mirror runs when etcd is configured.
+    #[arg(long)]
+    kvstore: Option<String>,
+    /// kvstore options, `etcd.config=<file>` (Cilium's etcd YAML with endpoints and TLS files).
+    #[arg(long = "kvstore-opt", value_delimiter = ',')]
+    kvstore_opts: Vec<String>,
+    /// etcd endpoints, instead of an etcd.config file.
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// TTL of the lease the mirror's keys are written under.
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    kvstore_lease_ttl: Duration,
 }
 
 fn parse_cidr(s: &str) -> Result<IpNet, String> {
@@ -96,6 +131,69 @@ impl Args {
         Ok(pools)
     }
 
+    fn identity_config(&self) -> anyhow::Result<IdentityConfig> {
+        let filter = LabelFilter::new(&self.labels).context("invalid --labels")?;
+        anyhow::ensure!(
+            !self.identity_gc_interval.is_zero(),
+            "--identity-gc-interval must be positive"
+        );
+        Ok(IdentityConfig {
+            cluster_name: self.cluster_name.clone(),
+            cluster_id: self.cluster_id,
+            filter,
+            gc_interval: self.identity_gc_interval,
+            heartbeat_timeout: self.identity_heartbeat_timeout,
+            gc_rate_interval: self.identity_gc_rate_interval,
+            gc_rate_limit: self.identity_gc_rate_limit,
+        })
+    }
+
+    /// The mirror's settings, or None when no etcd is configured.
+    fn mirror_config(&self) -> anyhow::Result<Option<MirrorConfig>> {
+        if let Some(kind) = &self.kvstore {
+            anyhow::ensure!(
+                kind == "etcd" || kind.is_empty(),
+                "--kvstore={kind:?}: only \"etcd\" is supported"
+            );
+        }
+        let mut config_file = None;
+        for opt in &self.kvstore_opts {
+            match opt.split_once('=') {
+                Some(("etcd.config", path)) => config_file = Some(std::path::PathBuf::from(path)),
+                Some((key, _)) => {
+                    anyhow::bail!("--kvstore-opt {key:?} is not supported (etcd.config is)")
+                }
+                None => anyhow::bail!("--kvstore-opt {opt:?} is not key=value"),
+            }
+        }
+        let etcd = match (config_file, self.etcd_endpoints.is_empty()) {
+            (Some(_), false) => {
+                anyhow::bail!("set either --kvstore-opt etcd.config or --etcd-endpoints, not both")
+            }
+            (Some(path), true) => EtcdConfig::from_file(&path)?,
+            (None, false) => {
+                for endpoint in &self.etcd_endpoints {
+                    anyhow::ensure!(
+                        endpoint.starts_with("http://") || endpoint.starts_with("https://"),
+                        "--etcd-endpoints {endpoint:?} must start with http:// or https://"
+                    );
+                }
+                EtcdConfig::from_endpoints(self.etcd_endpoints.clone())
+            }
+            (None, true) => return Ok(None),
+        };
+        anyhow::ensure!(
+            self.kvstore_lease_ttl >= Duration::from_secs(2),
+            "--kvstore-lease-ttl must be at least 2s"
+        );
+        Ok(Some(MirrorConfig {
+            etcd,
+            cluster_name: self.cluster_name.clone(),
+            cluster_id: self.cluster_id,
+            lease_ttl: self.kvstore_lease_ttl,
+        }))
+    }
+
     fn timing(&self) -> anyhow::Result<Timing> {
         anyhow::ensure!(
             self.leader_election_renew_deadline < self.leader_election_lease_duration,
@@ -130,6 +228,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Every flag is checked before the cluster is touched.
     let pools = args.pools()?;
     let timing = args.timing()?;
+    let identity_config = args.identity_config()?;
+    let mirror_config = args.mirror_config()?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let config = match &args.kubeconfig {
         Some(path) => {
@@ -146,7 +246,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let server = serve(args.api_addr, metrics.clone()).await?;
     let (leading_tx, leading) = tokio::sync::watch::channel(false);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &args.namespace);
-    let controller = NodeController::start(client, pools, metrics.clone(), &identity);
+    let wakers = Wakers::default();
+    let caches = Caches::start(&client, &wakers);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity.clone()),
+        },
+    );
+    let nodes = NodeController::new(
+        client.clone(),
+        &caches,
+        wakers.nodes.clone(),
+        recorder.clone(),
+        pools,
+        metrics.clone(),
+    );
+    let identities = IdentityController::new(
+        client,
+        &caches,
+        wakers.identities.clone(),
+        recorder,
+        identity_config,
+        metrics.clone(),
+    );
+    let mirror = mirror_config
+        .map(|config| Mirror::new(&caches, wakers.mirror.clone(), config, metrics.clone()));
+    let mirror_leading = leading.clone();
+    let mirror_task = async move {
+        match mirror {
+            Some(mirror) => mirror.run(mirror_leading).await,
+            None => std::future::pending().await,
+        }
+    };
+    let identities_task = identities.run(leading.clone());
     let mut leader_metric = leading.clone();
     let metrics_task = async move {
         while leader_metric.changed().await.is_ok() {
@@ -155,7 +289,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     tokio::select! {
         r = leader::run(leases.clone(), identity.clone(), timing, leading_tx) => r,
-        r = controller.run(leading) => r,
+        r = nodes.run(leading) => r,
+        r = identities_task => r,
+        r = mirror_task => r,
         r = server => r.context("health server task").and_then(|served| served.context("health server")),
         _ = metrics_task => Ok(()),
         _ = shutdown_signal() => {

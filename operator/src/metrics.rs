@@ -24,6 +24,14 @@ pub struct Metrics {
     pod_cidrs_total: MetricFamily<FamilyLabel, Gauge<u64, AtomicU64>>,
     reconciles: Counter,
     reconcile_seconds: Histogram,
+    identities: Gauge,
+    identities_marked: Gauge,
+    identities_allocated: Counter,
+    identity_allocation_failures: Counter,
+    identities_deleted: Counter,
+    kvstore_operations: Counter,
+    kvstore_errors: Counter,
+    kvstore_invalid_values: Counter,
 }
 
 impl Default for Metrics {
@@ -59,6 +67,58 @@ impl Default for Metrics {
             "Duration of CiliumNode reconcile passes",
             reconcile_seconds.clone(),
         );
+        let identities = Gauge::default();
+        let identities_marked = Gauge::default();
+        let identities_allocated = Counter::default();
+        let identity_allocation_failures = Counter::default();
+        let identities_deleted = Counter::default();
+        let kvstore_operations = Counter::default();
+        let kvstore_errors = Counter::default();
+        let kvstore_invalid_values = Counter::default();
+        for (name, help, metric) in [
+            (
+                "identity_allocated",
+                "CiliumIdentities created by this operator",
+                &identities_allocated,
+            ),
+            (
+                "identity_allocation_failures",
+                "Label sets that could not get an identity (exhaustion or write failure)",
+                &identity_allocation_failures,
+            ),
+            (
+                "identity_gc_deleted",
+                "Unused CiliumIdentities deleted by GC",
+                &identities_deleted,
+            ),
+            (
+                "kvstore_operations",
+                "Keys written or deleted in the kvstore",
+                &kvstore_operations,
+            ),
+            (
+                "kvstore_errors",
+                "kvstore sessions ended by an error",
+                &kvstore_errors,
+            ),
+            (
+                "kvstore_invalid_values",
+                "Values read from the kvstore that did not parse",
+                &kvstore_invalid_values,
+            ),
+        ] {
+            registry.register(name, help, metric.clone());
+        }
+        registry.register(
+            "identities",
+            "CiliumIdentities held by the allocator",
+            identities.clone(),
+        );
+        registry.register(
+            "identity_gc_marked",
+            "CiliumIdentities marked for deletion (io.cilium.heartbeat)",
+            identities_marked.clone(),
+        );
         Self {
             registry,
             is_leader,
@@ -66,6 +126,14 @@ impl Default for Metrics {
             pod_cidrs_total,
             reconciles,
             reconcile_seconds,
+            identities,
+            identities_marked,
+            identities_allocated,
+            identity_allocation_failures,
+            identities_deleted,
+            kvstore_operations,
+            kvstore_errors,
+            kvstore_invalid_values,
         }
     }
 }
@@ -99,6 +167,41 @@ impl Metrics {
         self.pod_cidrs_total
             .get_or_create(&label)
             .set(u64::try_from(total).unwrap_or(u64::MAX));
+    }
+
+    pub fn set_identities(&self, count: usize) {
+        self.identities
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_identities_marked(&self, count: usize) {
+        self.identities_marked
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn identity_allocated(&self) {
+        self.identities_allocated.inc();
+    }
+
+    pub fn identity_allocation_failed(&self) {
+        self.identity_allocation_failures.inc();
+    }
+
+    pub fn identity_deleted(&self) {
+        self.identities_deleted.inc();
+    }
+
+    pub fn kvstore_writes(&self, count: usize) {
+        self.kvstore_operations
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+    }
+
+    pub fn kvstore_error(&self) {
+        self.kvstore_errors.inc();
+    }
+
+    pub fn kvstore_invalid_value(&self) {
+        self.kvstore_invalid_values.inc();
     }
 
     pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {

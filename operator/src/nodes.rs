@@ -10,20 +10,18 @@ use std::time::Duration;
 
 use cilium_crds::CiliumNode;
 use cilium_crds::node::NodeAddress;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::podcidr::{AllocError, Allocator, Family, PoolConfig};
-
-const FIELD_MANAGER: &str = "cilium-operator";
+use crate::watch::{Caches, Waker};
+use crate::{is_conflict, is_not_found};
 /// Passes also run on this period, so a failed write is retried without a new event.
 const RESYNC_PERIOD: Duration = Duration::from_secs(15);
 
@@ -31,27 +29,25 @@ pub struct NodeController {
     client: Client,
     nodes: Store<Node>,
     cilium_nodes: Store<CiliumNode>,
-    changed: Arc<Notify>,
+    changed: Waker,
     recorder: Recorder,
     pools: PoolConfig,
     metrics: Arc<Metrics>,
 }
 
 impl NodeController {
-    /// Starts the watches (on every replica) and returns the controller that uses them.
-    pub fn start(client: Client, pools: PoolConfig, metrics: Arc<Metrics>, identity: &str) -> Self {
-        let changed = Arc::new(Notify::new());
-        let nodes = reflect::<Node>(Api::all(client.clone()), changed.clone());
-        let cilium_nodes = reflect::<CiliumNode>(Api::all(client.clone()), changed.clone());
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some(identity.into()),
-        };
-        let recorder = Recorder::new(client.clone(), reporter);
+    pub fn new(
+        client: Client,
+        caches: &Caches,
+        changed: Waker,
+        recorder: Recorder,
+        pools: PoolConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             client,
-            nodes,
-            cilium_nodes,
+            nodes: caches.nodes.clone(),
+            cilium_nodes: caches.cilium_nodes.clone(),
             changed,
             recorder,
             pools,
@@ -69,7 +65,7 @@ impl NodeController {
             while *leading.borrow() {
                 self.pass(&mut allocator).await;
                 tokio::select! {
-                    _ = self.changed.notified() => {}
+                    _ = self.changed.woken() => {}
                     _ = tokio::time::sleep(RESYNC_PERIOD) => {}
                     _ = leading.changed() => {}
                 }
@@ -240,35 +236,6 @@ impl NodeController {
     }
 }
 
-fn reflect<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default().page_size(500)).default_backoff(),
-    );
-    tokio::spawn(async move {
-        stream
-            .for_each(|event| {
-                if let Err(e) = event {
-                    tracing::warn!(error = %e, "watch error; retrying");
-                }
-                changed.notify_one();
-                futures::future::ready(())
-            })
-            .await;
-    });
-    reader
-}
-
 fn pod_cidrs(cn: &CiliumNode) -> Vec<String> {
     cn.spec
         .ipam
@@ -294,12 +261,4 @@ fn cilium_node_for(node: &Node) -> CiliumNode {
     let mut cn = CiliumNode::new(&node.name_any(), Default::default());
     cn.spec.addresses = (!addresses.is_empty()).then_some(addresses);
     cn
-}
-
-fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
-}
-
-fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
 }
