@@ -6,8 +6,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::pki::{Authority, CertFiles};
 use crate::process::{Supervised, free_port, wait_until};
 use crate::{Error, START_TIMEOUT};
+
+/// Client TLS of an etcd that requires client certificates.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server: CertFiles,
+    /// A client certificate the server accepts.
+    pub client: CertFiles,
+}
 
 #[derive(Debug)]
 pub struct Etcd {
@@ -15,26 +25,47 @@ pub struct Etcd {
     log: PathBuf,
     client_port: u16,
     peer_port: u16,
+    tls: Option<EtcdTls>,
     process: Option<Supervised>,
 }
 
 impl Etcd {
     /// Starts etcd with its data in `dir/etcd`.
     pub fn start(dir: &Path) -> Result<Self, Error> {
+        Self::start_with(dir, None)
+    }
+
+    /// Starts etcd serving TLS only, requiring client certificates signed by `pki`.
+    pub fn start_tls(dir: &Path, pki: &Authority) -> Result<Self, Error> {
+        let tls = EtcdTls {
+            ca: pki.ca_file(),
+            server: pki.issue("etcd-server", "etcd", &["127.0.0.1", "localhost"])?,
+            client: pki.issue("etcd-client", "cilium-operator", &[])?,
+        };
+        Self::start_with(dir, Some(tls))
+    }
+
+    fn start_with(dir: &Path, tls: Option<EtcdTls>) -> Result<Self, Error> {
         let mut etcd = Self {
             data_dir: dir.join("etcd"),
             log: dir.join("etcd.log"),
             client_port: free_port()?,
             peer_port: free_port()?,
+            tls,
             process: None,
         };
         etcd.resume()?;
         Ok(etcd)
     }
 
-    /// `http://127.0.0.1:<port>`
+    /// `http://127.0.0.1:<port>` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
     }
 
     /// Kills etcd (as a crash would); its data stays for [`Etcd::resume`].
@@ -57,11 +88,24 @@ impl Etcd {
             .arg(format!("--initial-cluster=bed={peer}"))
             .arg("--log-level=warn")
             .arg("--quota-backend-bytes=4294967296");
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.server.cert.display()))
+                .arg(format!("--key-file={}", tls.server.key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
         let mut process = Supervised::spawn("etcd", command, &self.log)?;
         let port = self.client_port;
-        wait_until("etcd /health", START_TIMEOUT, &mut process, || {
-            healthy(port)
-        })?;
+        if self.tls.is_some() {
+            wait_until("etcd health over TLS", START_TIMEOUT, &mut process, || {
+                self.etcdctl(&["endpoint", "health"]).is_ok()
+            })?;
+        } else {
+            wait_until("etcd /health", START_TIMEOUT, &mut process, || {
+                healthy(port)
+            })?;
+        }
         self.process = Some(process);
         Ok(())
     }
@@ -72,9 +116,17 @@ impl Etcd {
 
     /// Runs `etcdctl` (v3 API) against this etcd and returns its stdout.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String, Error> {
-        let output = Command::new("etcdctl")
+        let mut command = Command::new("etcdctl");
+        command
             .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint()))
+            .arg(format!("--endpoints={}", self.endpoint()));
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cacert={}", tls.ca.display()))
+                .arg(format!("--cert={}", tls.client.cert.display()))
+                .arg(format!("--key={}", tls.client.key.display()));
+        }
+        let output = command
             .args(args)
             .output()
             .map_err(|e| Error::io("etcdctl", e))?;

@@ -369,3 +369,83 @@ fn identity_numbers_survive_restart_and_failover() {
     });
     drop(restarted);
 }
+
+#[test]
+fn the_mirror_speaks_tls_with_client_certificates_from_cilium_s_etcd_config() {
+    let bed = ClusterBed::start().expect("bed");
+    let dir = bed.dir().join("kvstore-tls");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let pki = e2e::pki::Authority::new(&dir, "kvstore CA").expect("CA");
+    let etcd = Etcd::start_tls(&dir, &pki).expect("etcd with TLS");
+    let tls = etcd.tls().expect("tls").clone();
+    let config = dir.join("etcd.config");
+    std::fs::write(
+        &config,
+        format!(
+            "endpoints:\n- {}\ntrusted-ca-file: {}\ncert-file: {}\nkey-file: {}\n",
+            etcd.endpoint(),
+            tls.ca.display(),
+            tls.client.cert.display(),
+            tls.client.key.display()
+        ),
+    )
+    .expect("etcd.config");
+    bed.create_namespace("secure").expect("namespace");
+    bed.kubectl_run(
+        &["apply", "-f", "-"],
+        Some(&pod_yaml("secure", "app-1", &[("app", "tls")])),
+    )
+    .expect("pod");
+    let flags = [
+        "--cluster-pool-ipv4-cidr=10.211.0.0/16".to_owned(),
+        "--kvstore=etcd".to_owned(),
+        format!("--kvstore-opt=etcd.config={}", config.display()),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let _operator = OperatorProcess::start(&bed, "tls", "kube-system", &flags).expect("operator");
+    let id = wait_for("the identity", TIMEOUT, || identity_of(&bed, "tls"));
+    wait_for("its key in the TLS etcd", TIMEOUT, || {
+        kvstore(&etcd)
+            .get(&format!("cilium/state/identities/v1/id/{id}"))
+            .filter(|labels| labels.starts_with("k8s:app=tls;"))
+            .cloned()
+    });
+}
+
+#[test]
+fn bad_kvstore_flags_stop_the_operator_before_it_touches_the_cluster() {
+    let bed = ClusterBed::shared();
+    let dir = bed.dir().join("bad-kvstore-flags");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("etcd.config");
+    std::fs::write(&config, "endpoints:\n- 127.0.0.1:2379\n").expect("write");
+    let config_flag = format!("--kvstore-opt=etcd.config={}", config.display());
+    for (flag, message) in [
+        ("--etcd-endpoints=127.0.0.1:2379", "must start with http://"),
+        (config_flag.as_str(), "must start with http://"),
+        (
+            "--kvstore-opt=etcd.config=/nonexistent/etcd.config",
+            "/nonexistent/etcd.config",
+        ),
+        ("--kvstore-opt=consul.address=x", "not supported"),
+        ("--kvstore=consul", "only \"etcd\""),
+        ("--labels=k8s:(unclosed", "(unclosed"),
+    ] {
+        let mut operator = OperatorProcess::start(
+            bed,
+            "bad-flags",
+            "bad-flags",
+            &["--cluster-pool-ipv4-cidr=10.212.0.0/16", flag],
+        )
+        .expect("spawned");
+        let error = wait_for("the operator to exit", TIMEOUT, || {
+            operator.process.check_running().err()
+        });
+        let text = error.to_string();
+        assert!(text.contains(message), "{flag}: {text}");
+    }
+    assert!(
+        lease_holder(bed, "bad-flags").is_none(),
+        "no Lease was taken"
+    );
+}
