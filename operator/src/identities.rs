@@ -18,6 +18,7 @@ use cilium_identity::{
     ClusterScope, IdentityPool, LabelFilter, LabelSet, NumericIdentity, PodIdentitySource,
     PoolError, identity_labels,
 };
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -33,6 +34,8 @@ use crate::{is_conflict, is_not_found};
 pub const HEARTBEAT_ANNOTATION: &str = "io.cilium.heartbeat";
 /// Passes also run on this period, so failed writes are retried without a new event.
 const RESYNC_PERIOD: Duration = Duration::from_secs(15);
+/// CiliumIdentity creates in flight at once.
+const CREATE_CONCURRENCY: usize = 16;
 /// How long an identity we created counts as existing before the cache shows it.
 const CREATED_GRACE: Duration = Duration::from_secs(60);
 
@@ -204,26 +207,37 @@ impl IdentityController {
     #[tracing::instrument(skip_all)]
     async fn allocate_pass(&self, state: &mut Leadership) {
         self.sync_pool(state);
-        let api: Api<CiliumIdentity> = Api::all(self.client.clone());
+        // Numbers are chosen here, in order; only the writes run concurrently.
+        let mut allocated = Vec::new();
         for (labels, pod) in self.wanted() {
             if state.pool.lookup(&labels).is_some() {
                 continue;
             }
-            let id = match state.pool.allocate(&labels) {
-                Ok(id) => id,
+            match state.pool.allocate(&labels) {
+                Ok(id) => allocated.push((id, labels)),
                 Err(e) => {
                     self.metrics.identity_allocation_failed();
                     if state.reported.insert(labels.clone()) {
                         tracing::error!(labels = %labels, error = %e, "cannot allocate an identity");
                         self.publish_exhaustion(&pod, &e).await;
                     }
-                    continue;
                 }
-            };
-            match api
-                .create(&PostParams::default(), &identity_object(id, &labels))
-                .await
-            {
+            }
+        }
+        let api: Api<CiliumIdentity> = Api::all(self.client.clone());
+        let mut writes = futures::stream::iter(allocated)
+            .map(|(id, labels)| {
+                let api = api.clone();
+                async move {
+                    let result = api
+                        .create(&PostParams::default(), &identity_object(id, &labels))
+                        .await;
+                    (id, labels, result)
+                }
+            })
+            .buffer_unordered(CREATE_CONCURRENCY);
+        while let Some((id, labels, result)) = writes.next().await {
+            match result {
                 Ok(_) => {
                     tracing::info!(identity = %id, labels = %labels, "allocated identity");
                     state.created.insert(id, Instant::now());

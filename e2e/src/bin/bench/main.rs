@@ -3,6 +3,7 @@
 //!
 //! `bench [podcidr] [identity]` runs the named benchmarks (all when none is named).
 
+mod identity;
 mod podcidr;
 
 use std::process::ExitCode;
@@ -21,6 +22,9 @@ fn main() -> ExitCode {
     let mut failed = false;
     if runs("podcidr") {
         report("podcidr", runtime.block_on(podcidr::run()), &mut failed);
+    }
+    if runs("identity") {
+        report("identity", runtime.block_on(identity::run()), &mut failed);
     }
     if failed {
         ExitCode::FAILURE
