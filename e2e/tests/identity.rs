@@ -357,6 +357,40 @@ fn identity_numbers_survive_restart_and_failover() {
     for (id, labels) in &numbers {
         assert_eq!(after.get(id), Some(labels), "identity {id} kept its labels");
     }
+    // A pod that goes and comes back before its identity is collected keeps the number:
+    // the mark is removed.
+    let a = identity_of(&bed, "a").expect("a");
+    let annotations = |id: u32| {
+        bed.kubectl_run(
+            &[
+                "get",
+                "ciliumid",
+                &id.to_string(),
+                "-o",
+                "jsonpath={.metadata.annotations}",
+            ],
+            None,
+        )
+        .unwrap_or_default()
+    };
+    bed.kubectl_run(
+        &["delete", "pod", "-n", "team", "pod-a", "--wait=false"],
+        None,
+    )
+    .expect("delete pod-a");
+    wait_for("a's identity marked", TIMEOUT, || {
+        annotations(a).contains("io.cilium.heartbeat").then_some(())
+    });
+    bed.kubectl_run(
+        &["apply", "-f", "-"],
+        Some(&pod_yaml("team", "pod-a2", &[("app", "a")])),
+    )
+    .expect("pod-a2");
+    wait_for("a's identity unmarked", TIMEOUT, || {
+        (!annotations(a).contains("io.cilium.heartbeat")).then_some(())
+    });
+    assert_eq!(identity_of(&bed, "a"), Some(a), "a kept its number");
+
     // The restarted replica rebuilds from the same objects and changes nothing.
     let restarted = OperatorProcess::start(&bed, &holder, "kube-system", &flags).expect("restart");
     std::thread::sleep(Duration::from_secs(5));
