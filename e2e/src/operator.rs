@@ -110,3 +110,27 @@ pub fn http_get(port: u16, path: &str) -> String {
     let _ = stream.read_to_string(&mut response);
     response
 }
+
+/// Kills (`kill -9`) the replica holding the Lease in `namespace`, removes it from
+/// `replicas`, and waits until a remaining one holds the Lease; returns the killed
+/// replica's identity and the new holder's.
+pub fn kill_leader(
+    bed: &ClusterBed,
+    namespace: &str,
+    replicas: &mut Vec<OperatorProcess>,
+    timeout: Duration,
+) -> (String, String) {
+    let holder = crate::wait_for("a lease holder", timeout, || lease_holder(bed, namespace));
+    let index = replicas
+        .iter()
+        .position(|r| r.identity == holder)
+        .expect("the holder is one of the replicas");
+    let mut leader = replicas.remove(index);
+    leader.process.signal(libc::SIGKILL);
+    leader.process.stop();
+    let survivors: Vec<String> = replicas.iter().map(|r| r.identity.clone()).collect();
+    let next = crate::wait_for("a surviving replica to take the lease", timeout, || {
+        lease_holder(bed, namespace).filter(|h| survivors.contains(h))
+    });
+    (holder, next)
+}

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use e2e::operator::{FAST_LEASE, OperatorProcess, http_get, lease_holder};
+use e2e::operator::{FAST_LEASE, OperatorProcess, http_get, kill_leader, lease_holder};
 use e2e::{ClusterBed, Etcd, wait_for};
 use serde_json::Value;
 
@@ -333,18 +333,7 @@ fn identity_numbers_survive_restart_and_failover() {
         );
     }
 
-    let holder = wait_for("a leader", TIMEOUT, || lease_holder(&bed, "kube-system"));
-    let index = replicas
-        .iter()
-        .position(|r| r.identity == holder)
-        .expect("holder is a replica");
-    let mut leader = replicas.remove(index);
-    leader.process.signal(libc::SIGKILL);
-    leader.process.stop();
-    let survivor = replicas[0].identity.clone();
-    wait_for("the survivor to lead", TIMEOUT, || {
-        (lease_holder(&bed, "kube-system").as_deref() == Some(survivor.as_str())).then_some(())
-    });
+    let (holder, _) = kill_leader(&bed, "kube-system", &mut replicas, TIMEOUT);
     bed.kubectl_run(
         &["apply", "-f", "-"],
         Some(&pod_yaml("team", "pod-f", &[("app", "f")])),

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use e2e::operator::{FAST_LEASE, OperatorProcess, http_get, is_leader, lease_holder};
+use e2e::operator::{FAST_LEASE, OperatorProcess, http_get, is_leader, kill_leader, lease_holder};
 use e2e::{ClusterBed, wait_for};
 use serde_json::Value;
 
@@ -193,19 +193,8 @@ fn one_replica_leads_a_killed_leader_is_replaced_and_exhaustion_is_served() {
 
     // kill -9 the leader: the other replica takes over and serves c once a's block frees.
     let killed_at = Instant::now();
-    let index = replicas
-        .iter()
-        .position(|r| r.identity == holder)
-        .expect("holder is a replica");
-    let mut leader = replicas.remove(index);
-    leader.process.signal(libc::SIGKILL);
-    leader.process.stop();
-    let survivor = replicas[0].identity.clone();
-    wait_for(
-        "the survivor to take the lease",
-        Duration::from_secs(30),
-        || (lease_holder(&bed, "kube-system").as_deref() == Some(survivor.as_str())).then_some(()),
-    );
+    let (killed, _) = kill_leader(&bed, "kube-system", &mut replicas, Duration::from_secs(30));
+    assert_eq!(killed, holder);
     println!(
         "takeover after kill -9: {:?} (lease duration 4s)",
         killed_at.elapsed()

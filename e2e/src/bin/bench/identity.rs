@@ -11,15 +11,13 @@ use cilium_kvstore::EtcdConfig;
 use cilium_kvstore::sync::{LeasedClient, Plan};
 use e2e::operator::{OperatorProcess, http_get};
 use e2e::{ClusterBed, Etcd};
-use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use kube::Api;
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::api::{ListParams, ObjectMeta};
 
-use crate::{per_second, poll, rss_kib};
+use crate::{create_all, per_second, poll, rss_kib};
 
 const LABEL_SETS: usize = 2_000;
-const CREATE_CONCURRENCY: usize = 16;
 const RAW_KEYS: usize = 10_000;
 
 pub async fn run() -> anyhow::Result<()> {
@@ -90,20 +88,9 @@ async fn end_to_end(bed: &ClusterBed, etcd: &Etcd) -> anyhow::Result<()> {
     let identities: Api<CiliumIdentity> = Api::all(client);
 
     let started = Instant::now();
-    stream::iter(0..LABEL_SETS)
-        .map(|i| {
-            let pods = pods.clone();
-            async move { pods.create(&PostParams::default(), &pod(i)).await }
-        })
-        .buffer_unordered(CREATE_CONCURRENCY)
-        .try_collect::<Vec<_>>()
+    create_all(&pods, LABEL_SETS, pod)
         .await
         .context("creating Pods")?;
-    let created = started.elapsed();
-    println!(
-        "created {LABEL_SETS} Pods in {created:.2?} ({:.0}/s, {CREATE_CONCURRENCY} in flight)",
-        per_second(LABEL_SETS, created)
-    );
 
     poll(
         "every CiliumIdentity",

@@ -74,6 +74,39 @@ where
     }
 }
 
+/// Creates `count` objects built by `make`, `CREATE_CONCURRENCY` at a time, and prints
+/// how long that took.
+pub async fn create_all<K>(
+    api: &kube::Api<K>,
+    count: usize,
+    make: impl Fn(usize) -> K,
+) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use futures::{StreamExt, TryStreamExt};
+    const CREATE_CONCURRENCY: usize = 16;
+    let started = Instant::now();
+    futures::stream::iter((0..count).map(make))
+        .map(|object| {
+            let api = api.clone();
+            async move { api.create(&kube::api::PostParams::default(), &object).await }
+        })
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let elapsed = started.elapsed();
+    println!(
+        "created {count} {}s in {elapsed:.2?} ({:.0}/s, {CREATE_CONCURRENCY} in flight)",
+        std::any::type_name::<K>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("object"),
+        per_second(count, elapsed)
+    );
+    Ok(())
+}
+
 pub fn per_second(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64().max(f64::EPSILON)
 }

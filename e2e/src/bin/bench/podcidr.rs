@@ -8,15 +8,13 @@ use cilium_crds::CiliumNode;
 use cilium_operator::podcidr::{Allocator, PoolConfig};
 use e2e::ClusterBed;
 use e2e::operator::OperatorProcess;
-use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::api::{ListParams, ObjectMeta};
 
-use crate::{per_second, poll, rss_kib};
+use crate::{create_all, per_second, poll, rss_kib};
 
 const NODES: usize = 5_000;
-const CREATE_CONCURRENCY: usize = 16;
 
 pub async fn run() -> anyhow::Result<()> {
     println!("== podcidr: {NODES} Nodes");
@@ -79,29 +77,15 @@ async fn end_to_end() -> anyhow::Result<()> {
     let cilium_nodes: Api<CiliumNode> = Api::all(client);
 
     let started = Instant::now();
-    stream::iter(0..NODES)
-        .map(|i| {
-            let nodes = nodes.clone();
-            async move {
-                let node = Node {
-                    metadata: ObjectMeta {
-                        name: Some(format!("bench-{i:05}")),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                };
-                nodes.create(&PostParams::default(), &node).await
-            }
-        })
-        .buffer_unordered(CREATE_CONCURRENCY)
-        .try_collect::<Vec<_>>()
-        .await
-        .context("creating Nodes")?;
-    let created = started.elapsed();
-    println!(
-        "created {NODES} Nodes in {created:.2?} ({:.0}/s, {CREATE_CONCURRENCY} in flight)",
-        per_second(NODES, created)
-    );
+    create_all(&nodes, NODES, |i| Node {
+        metadata: ObjectMeta {
+            name: Some(format!("bench-{i:05}")),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .context("creating Nodes")?;
 
     let mut peak_rss = 0;
     poll(
