@@ -372,16 +372,21 @@ impl IdentityController {
     }
 
     async fn publish_exhaustion(&self, pod: &Pod, error: &PoolError) {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "IdentityAllocationFailed".into(),
-            note: Some(error.to_string()),
-            action: "AllocateIdentity".into(),
-            secondary: None,
-        };
+        let event = exhaustion_event(error);
         if let Err(e) = self.recorder.publish(&event, &pod.object_ref(&())).await {
             tracing::warn!(error = %e, "publishing Event failed");
         }
+    }
+}
+
+/// The Warning on a pod whose labels could not get a number.
+fn exhaustion_event(error: &PoolError) -> Event {
+    Event {
+        type_: EventType::Warning,
+        reason: "IdentityAllocationFailed".into(),
+        note: Some(error.to_string()),
+        action: "AllocateIdentity".into(),
+        secondary: None,
     }
 }
 
@@ -527,6 +532,25 @@ mod tests {
         assert_eq!(
             gc_action(false, Some("yesterday"), now, timeout),
             GcAction::Mark
+        );
+    }
+
+    #[test]
+    fn exhaustion_is_a_warning_naming_the_range() {
+        let mut pool = IdentityPool::new(ClusterScope::new(4));
+        for n in 0..pool.scope().capacity() {
+            let labels: LabelSet = [Label::k8s("n", &n.to_string())].into_iter().collect();
+            pool.allocate(&labels).expect("room");
+        }
+        let labels: LabelSet = [Label::k8s("app", "late")].into_iter().collect();
+        let error = pool.allocate(&labels).expect_err("full");
+        let event = exhaustion_event(&error);
+        assert_eq!(event.type_, EventType::Warning);
+        assert_eq!(event.reason, "IdentityAllocationFailed");
+        let note = event.note.unwrap_or_default();
+        assert!(
+            note.contains("no more identities available in cluster 4's range 262400..=327679"),
+            "{note}"
         );
     }
 
