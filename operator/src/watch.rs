@@ -92,9 +92,12 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
+    // managedFields are often the largest part of an object and never read here.
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default().page_size(500)).default_backoff(),
+        watcher(api, watcher::Config::default().page_size(500))
+            .default_backoff()
+            .modify(|object| object.meta_mut().managed_fields = None),
     );
     tokio::spawn(async move {
         stream
