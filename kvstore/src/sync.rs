@@ -20,8 +20,13 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Keys written or deleted.
+    pub fn len(&self) -> usize {
+        self.puts.len() + self.deletes.len()
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.puts.is_empty() && self.deletes.is_empty()
+        self.len() == 0
     }
 }
 
@@ -97,10 +102,12 @@ impl LeasedClient {
         self.lease
     }
 
-    /// False once keepalive failed: the lease may have expired with its keys; start over
-    /// with a new one.
-    pub fn is_alive(&self) -> bool {
-        *self.alive.borrow()
+    /// Resolves once keepalive failed: the lease may have expired with its keys; start
+    /// over with a new one.
+    pub async fn lost(&self) {
+        let mut alive = self.alive.clone();
+        // An error means the keeper is gone, which is a loss too.
+        let _ = alive.wait_for(|alive| !*alive).await;
     }
 
     pub fn client(&self) -> Client {

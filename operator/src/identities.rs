@@ -102,9 +102,10 @@ impl IdentityController {
                 deletions: RateLimit::new(self.config.gc_rate_limit, self.config.gc_rate_interval),
             };
             while *leading.borrow() {
-                self.allocate_pass(&mut state).await;
+                let wanted = self.wanted();
+                self.allocate_pass(&mut state, &wanted).await;
                 if Instant::now() >= state.next_gc {
-                    self.gc_pass(&mut state).await;
+                    self.gc_pass(&mut state, &wanted).await;
                     state.next_gc = Instant::now() + self.config.gc_interval;
                 }
                 let wait =
@@ -129,10 +130,9 @@ impl IdentityController {
         let mut all = self.caches.identities.state();
         all.sort_by_key(|cid| (cid.creation_timestamp().map(|t| t.0), cid.name_any()));
         for cid in all {
-            let Some((id, labels)) = parse_identity(&cid) else {
-                continue;
-            };
-            if let Err(e) = pool.restore(id, labels) {
+            let restored = parse_identity(&cid)
+                .and_then(|(id, labels)| pool.restore(id, labels).map_err(|e| e.to_string()));
+            if let Err(e) = restored {
                 tracing::warn!(identity = %cid.name_any(), error = %e, "existing CiliumIdentity not used for allocation");
             }
         }
@@ -145,15 +145,13 @@ impl IdentityController {
     fn sync_pool(&self, state: &mut Leadership) {
         let mut present = BTreeSet::new();
         for cid in self.caches.identities.state() {
-            let Some((id, labels)) = parse_identity(&cid) else {
+            let Ok((id, labels)) = parse_identity(&cid) else {
                 continue;
             };
             present.insert(id);
-            if state.pool.labels_of(id) != Some(&labels) && state.pool.lookup(&labels).is_none() {
-                // Restore errors were reported at leadership start; a foreign number
-                // simply stays out of the pool.
-                let _ = state.pool.restore(id, labels);
-            }
+            // Known ones are accepted as they are; conflicts were reported at leadership
+            // start, and a conflicting number simply stays out of the pool.
+            let _ = state.pool.restore(id, labels);
         }
         let now = Instant::now();
         state
@@ -205,21 +203,21 @@ impl IdentityController {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn allocate_pass(&self, state: &mut Leadership) {
+    async fn allocate_pass(&self, state: &mut Leadership, wanted: &BTreeMap<LabelSet, Arc<Pod>>) {
         self.sync_pool(state);
         // Numbers are chosen here, in order; only the writes run concurrently.
         let mut allocated = Vec::new();
-        for (labels, pod) in self.wanted() {
-            if state.pool.lookup(&labels).is_some() {
+        for (labels, pod) in wanted {
+            if state.pool.lookup(labels).is_some() {
                 continue;
             }
-            match state.pool.allocate(&labels) {
-                Ok(id) => allocated.push((id, labels)),
+            match state.pool.allocate(labels) {
+                Ok(id) => allocated.push((id, labels.clone())),
                 Err(e) => {
                     self.metrics.identity_allocation_failed();
                     if state.reported.insert(labels.clone()) {
                         tracing::error!(labels = %labels, error = %e, "cannot allocate an identity");
-                        self.publish_exhaustion(&pod, &e).await;
+                        self.publish_exhaustion(pod, &e).await;
                     }
                 }
             }
@@ -259,11 +257,12 @@ impl IdentityController {
     }
 
     /// Numbers in use: by a pod's label set or by a CiliumEndpoint.
-    fn in_use(&self, state: &Leadership) -> BTreeSet<NumericIdentity> {
-        let by_pods = self
-            .wanted()
-            .into_keys()
-            .filter_map(|labels| state.pool.lookup(&labels));
+    fn in_use(
+        &self,
+        state: &Leadership,
+        wanted: &BTreeMap<LabelSet, Arc<Pod>>,
+    ) -> BTreeSet<NumericIdentity> {
+        let by_pods = wanted.keys().filter_map(|labels| state.pool.lookup(labels));
         let by_endpoints = self.caches.endpoints.state().into_iter().filter_map(|cep| {
             cep.status
                 .as_ref()
@@ -275,8 +274,8 @@ impl IdentityController {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn gc_pass(&self, state: &mut Leadership) {
-        let in_use = self.in_use(state);
+    async fn gc_pass(&self, state: &mut Leadership, wanted: &BTreeMap<LabelSet, Arc<Pod>>) {
+        let in_use = self.in_use(state, wanted);
         let api: Api<CiliumIdentity> = Api::all(self.client.clone());
         let now = jiff::Timestamp::now();
         let mut marked = 0;
@@ -405,20 +404,17 @@ fn needs_identity(pod: &Pod) -> bool {
     !host_network && !finished && pod.metadata.deletion_timestamp.is_none()
 }
 
-/// The number and labels of a CiliumIdentity, if both are well formed.
-pub fn parse_identity(cid: &CiliumIdentity) -> Option<(NumericIdentity, LabelSet)> {
+/// The number and labels of a CiliumIdentity, or why they are unusable. Callers on every
+/// pass skip bad ones quietly; [`IdentityController::restore`] reports them once per
+/// leadership.
+pub fn parse_identity(cid: &CiliumIdentity) -> Result<(NumericIdentity, LabelSet), String> {
     let name = cid.name_any();
-    let Ok(id) = name.parse::<u32>() else {
-        tracing::warn!(identity = %name, "CiliumIdentity name is not a number; ignored");
-        return None;
-    };
-    match LabelSet::from_security_labels(&cid.spec.security_labels) {
-        Ok(labels) => Some((NumericIdentity(id), labels)),
-        Err(e) => {
-            tracing::warn!(identity = %name, error = %e, "CiliumIdentity security-labels unusable; ignored");
-            None
-        }
-    }
+    let id = name
+        .parse::<u32>()
+        .map_err(|_| format!("name {name:?} is not a number"))?;
+    let labels = LabelSet::from_security_labels(&cid.spec.security_labels)
+        .map_err(|e| format!("security-labels: {e}"))?;
+    Ok((NumericIdentity(id), labels))
 }
 
 /// The CiliumIdentity Cilium writes for `labels`.
@@ -586,6 +582,9 @@ mod tests {
                 .map(String::as_str),
             Some("shop")
         );
-        assert_eq!(parse_identity(&cid), Some((NumericIdentity(70000), labels)));
+        assert_eq!(parse_identity(&cid), Ok((NumericIdentity(70000), labels)));
+        let mut unnamed = cid.clone();
+        unnamed.metadata.name = Some("web".into());
+        assert!(parse_identity(&unnamed).is_err_and(|e| e.contains("\"web\" is not a number")));
     }
 }

@@ -117,8 +117,7 @@ impl Mirror {
         let current = self.owned_keys(&store).await?;
         let first = rewrite(&desired, &current);
         store.apply(&first).await?;
-        self.metrics
-            .kvstore_writes(first.puts.len() + first.deletes.len());
+        self.metrics.kvstore_writes(first.len());
         tracing::info!(
             keys = desired.len(),
             removed = first.deletes.len(),
@@ -135,9 +134,6 @@ impl Mirror {
             if !*leading.borrow() {
                 return Err(SessionEnd::NotLeading);
             }
-            if !store.is_alive() {
-                return Err(EtcdError::LeaseLost(store.lease()).into());
-            }
             if tokio::time::Instant::now() >= next_heartbeat {
                 store
                     .put(keys::HEARTBEAT_KEY, &jiff::Timestamp::now().to_string())
@@ -148,16 +144,14 @@ impl Mirror {
             let step = plan(&desired, &written);
             if !step.is_empty() {
                 store.apply(&step).await?;
-                self.metrics
-                    .kvstore_writes(step.puts.len() + step.deletes.len());
+                self.metrics.kvstore_writes(step.len());
                 written = desired;
             }
             tokio::select! {
                 _ = self.changed.woken() => {}
                 _ = tokio::time::sleep_until(next_heartbeat) => {}
                 _ = leading.changed() => {}
-                // Notices a lost lease without waiting for the next event.
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = store.lost() => return Err(EtcdError::LeaseLost(store.lease()).into()),
             }
         }
     }
@@ -252,7 +246,7 @@ pub fn desired_state(
     }
     let mut labels_of = BTreeMap::new();
     for cid in identities {
-        if let Some((id, labels)) = parse_identity(cid)
+        if let Ok((id, labels)) = parse_identity(cid)
             && scope.contains(id)
         {
             state.insert(keys::identity_id_key(id), labels.kvstore_string());
