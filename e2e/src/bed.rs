@@ -133,6 +133,19 @@ impl ClusterBed {
         }
     }
 
+    /// `kubectl get <kind> -o json`'s items.
+    pub fn list(&self, kind: &str) -> Result<Vec<serde_json::Value>, Error> {
+        let out = self.kubectl_run(&["get", kind, "-o", "json"], None)?;
+        let mut list: serde_json::Value = serde_json::from_str(&out)
+            .map_err(|e| Error::Setup(format!("kubectl get {kind}: {e}")))?;
+        match list["items"].take() {
+            serde_json::Value::Array(items) => Ok(items),
+            other => Err(Error::Setup(format!(
+                "kubectl get {kind}: items is not a list: {other}"
+            ))),
+        }
+    }
+
     /// A client authenticated as the admin.
     pub async fn client(&self) -> Result<kube::Client, Error> {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;

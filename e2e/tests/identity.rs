@@ -24,14 +24,9 @@ fn pod_yaml(namespace: &str, name: &str, labels: &[(&str, &str)]) -> String {
 
 /// CiliumIdentity number → security-labels.
 fn identities(bed: &ClusterBed) -> BTreeMap<u32, BTreeMap<String, String>> {
-    let out = bed
-        .kubectl_run(&["get", "ciliumidentities", "-o", "json"], None)
-        .expect("list identities");
-    let list: Value = serde_json::from_str(&out).expect("json");
-    list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    bed.list("ciliumidentities")
+        .expect("list identities")
+        .iter()
         .filter_map(|cid| {
             let id = cid["metadata"]["name"].as_str()?.parse().ok()?;
             let labels = serde_json::from_value(cid["security-labels"].clone()).ok()?;

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use e2e::operator::{FAST_LEASE, OperatorProcess, http_get, is_leader, kill_leader, lease_holder};
 use e2e::{ClusterBed, wait_for};
-use serde_json::Value;
 
 fn create_nodes(bed: &ClusterBed, names: impl IntoIterator<Item = String>) {
     let yaml: String = names
@@ -20,14 +19,9 @@ fn create_nodes(bed: &ClusterBed, names: impl IntoIterator<Item = String>) {
 
 /// CiliumNode name → podCIDRs.
 fn pod_cidrs(bed: &ClusterBed) -> BTreeMap<String, Vec<String>> {
-    let out = bed
-        .kubectl_run(&["get", "ciliumnodes", "-o", "json"], None)
-        .expect("list ciliumnodes");
-    let list: Value = serde_json::from_str(&out).expect("json");
-    list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    bed.list("ciliumnodes")
+        .expect("list ciliumnodes")
+        .iter()
         .map(|cn| {
             let cidrs = cn["spec"]["ipam"]["podCIDRs"]
                 .as_array()
