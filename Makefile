@@ -20,7 +20,7 @@ test: deps lint
 
 ## unit: tests that need no servers (the library crates)
 unit:
-	$(CARGO) test -p cilium-crds -p cilium-identity -p cilium-kvstore
+	$(CARGO) test -p cilium-crds -p cilium-identity -p cilium-kvstore -p cilium-datapath --lib
 	$(CARGO) test -p cilium-operator --lib
 
 ## e2e: the end-to-end tests on the cluster-in-a-box

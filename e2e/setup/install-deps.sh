@@ -6,7 +6,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
 packages=(etcd-server etcd-client clang llvm libbpf-dev protobuf-compiler libprotobuf-dev
-          iproute2 iputils-ping netcat-openbsd openssl python3-venv)
+          iproute2 iputils-ping netcat-openbsd openssl python3-venv util-linux
+          iperf3 iptables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

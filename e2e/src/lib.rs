@@ -8,6 +8,7 @@
 mod apiserver;
 mod bed;
 mod etcd;
+pub mod netns;
 pub mod operator;
 pub mod pki;
 pub mod process;

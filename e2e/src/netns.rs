@@ -1,0 +1,168 @@
+//! Network namespaces made by a test: a "node" namespace holding the host side of each pod's
+//! veth, and one namespace per "pod", wired the way the CNI plugin wires pods (a /32 on the
+//! pod's `eth0`, a default route via the node's router address). Everything is deleted when
+//! the values are dropped, so a failing test leaves nothing behind. Addresses live only
+//! inside these namespaces.
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use nix::sched::{CloneFlags, setns};
+
+use crate::Error;
+
+/// The address every host-side veth carries: the pods' default gateway (like Cilium's
+/// cilium_host address).
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+
+fn run(command: &mut Command) -> Result<Output, Error> {
+    let shown = format!("{command:?}");
+    let output = command.output().map_err(|e| Error::io(shown.clone(), e))?;
+    if !output.status.success() {
+        return Err(Error::Command {
+            command: shown,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(output)
+}
+
+/// `ip` with the given arguments.
+pub fn ip(args: &[&str]) -> Result<(), Error> {
+    run(Command::new("ip").args(args)).map(drop)
+}
+
+/// A network namespace under /run/netns, deleted on drop.
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// A namespace with a name unique to this process (`prefix` helps reading `ip netns`).
+    pub fn new(prefix: &str) -> Result<Self, Error> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name])?;
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n <ns> …`
+    pub fn ip(&self, args: &[&str]) -> Result<(), Error> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// A command run in this namespace's network only (`nsenter --net`: unlike `ip netns
+    /// exec` it keeps the host's /sys/fs/bpf).
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", self.path().display()))
+            .arg(program);
+        command
+    }
+
+    /// Moves the calling thread into this namespace for good (sockets it opens and
+    /// interfaces it names are this namespace's).
+    pub fn enter_this_thread(&self) -> Result<(), Error> {
+        let file = File::open(self.path())
+            .map_err(|e| Error::io(format!("opening {}", self.path().display()), e))?;
+        setns(file, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::io(format!("setns {}", self.name), std::io::Error::from(e)))
+    }
+
+    /// Runs `f` on a thread inside this namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    self.enter_this_thread()?;
+                    Ok(f())
+                })
+                .join()
+                .map_err(|_| Error::Setup(format!("a thread in {} panicked", self.name)))?
+        })
+    }
+
+    /// Whether `ping -c1` to `target` gets an answer within a second.
+    pub fn ping(&self, target: Ipv4Addr) -> bool {
+        self.command("ping")
+            .args(["-c1", "-W1", "-q", &target.to_string()])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// A pod: its namespace, its address and the name of its host-side veth in the node.
+pub struct Pod {
+    pub ns: NetNs,
+    pub ip: Ipv4Addr,
+    pub host_ifname: String,
+}
+
+/// Creates a pod namespace wired to `node` through a veth (`host_ifname` in the node,
+/// `eth0` in the pod).
+pub fn add_pod(node: &NetNs, host_ifname: &str, ip: Ipv4Addr) -> Result<Pod, Error> {
+    let ns = NetNs::new("pod")?;
+    let pod_ip = format!("{ip}/32");
+    let router = ROUTER_IP.to_string();
+    node.ip(&[
+        "link",
+        "add",
+        host_ifname,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
+    node.ip(&["addr", "add", &format!("{router}/32"), "dev", host_ifname])?;
+    node.ip(&["link", "set", host_ifname, "up"])?;
+    node.ip(&["route", "add", &pod_ip, "dev", host_ifname])?;
+    ns.ip(&["addr", "add", &pod_ip, "dev", "eth0"])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    ns.ip(&["route", "add", &router, "dev", "eth0"])?;
+    ns.ip(&["route", "add", "default", "via", &router])?;
+    Ok(Pod {
+        ns,
+        ip,
+        host_ifname: host_ifname.to_string(),
+    })
+}
+
+/// A node namespace that routes between its pods.
+pub fn node() -> Result<NetNs, Error> {
+    let node = NetNs::new("node")?;
+    run(node
+        .command("sysctl")
+        .args(["-qw", "net.ipv4.ip_forward=1"]))?;
+    Ok(node)
+}

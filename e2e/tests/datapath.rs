@@ -1,0 +1,660 @@
+//! The datapath with real packets: pods are network namespaces wired to a node namespace by
+//! veths, the C programs run on the host side of each veth, and traffic is real TCP, ICMP
+//! and ping between them. Needs root (as CI has). Every namespace and pin is removed when a
+//! test ends, pass or fail.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use cilium_datapath::{
+    CtTimeouts, Datapath, DatapathConfig, Direction, Endpoint, EventKind, IpcacheEntry, L4Match,
+    PolicyKey, PolicyMap, Verdict, VerdictEvent, abi, policy::PROTO_ICMP, policy::PROTO_TCP,
+};
+use e2e::netns::{self, NetNs, Pod};
+use ipnet::IpNet;
+
+const EMPLOYEE: u32 = 1000;
+const STRANGER: u32 = 1001;
+const DB: u32 = 1002;
+const REDIS: u16 = 6379;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A private pin root under /sys/fs/bpf, removed with everything in it on drop.
+struct PinRoot(PathBuf);
+
+impl PinRoot {
+    fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        PinRoot(PathBuf::from(format!(
+            "/sys/fs/bpf/cilium-rs-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )))
+    }
+
+    fn config(&self) -> DatapathConfig {
+        DatapathConfig {
+            bpffs_root: self.0.clone(),
+            ct_timeouts: CtTimeouts {
+                non_tcp: Duration::from_secs(2),
+                ..CtTimeouts::default()
+            },
+            ..DatapathConfig::default()
+        }
+    }
+}
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A node with three pods: employee, stranger and the db. The test thread lives in the node.
+struct Bed {
+    pins: PinRoot,
+    employee: Pod,
+    stranger: Pod,
+    db: Pod,
+    node: NetNs,
+}
+
+impl Bed {
+    fn new() -> Self {
+        let node = netns::node().expect("node namespace");
+        let employee =
+            netns::add_pod(&node, "lxc-employee", Ipv4Addr::new(10, 200, 1, 1)).expect("pod");
+        let stranger =
+            netns::add_pod(&node, "lxc-stranger", Ipv4Addr::new(10, 200, 1, 2)).expect("pod");
+        let db = netns::add_pod(&node, "lxc-db", Ipv4Addr::new(10, 200, 1, 3)).expect("pod");
+        node.enter_this_thread().expect("enter the node namespace");
+        Bed {
+            pins: PinRoot::new(),
+            employee,
+            stranger,
+            db,
+            node,
+        }
+    }
+
+    fn pods(&self) -> [(u16, &Pod, u32); 3] {
+        [
+            (1, &self.employee, EMPLOYEE),
+            (2, &self.stranger, STRANGER),
+            (3, &self.db, DB),
+        ]
+    }
+
+    /// Opens the datapath and wires the three pods with no policy, their IPs in the ipcache.
+    fn datapath(&self) -> Datapath {
+        let mut dp = Datapath::open(&self.pins.config()).expect("datapath loads");
+        for (id, pod, identity) in self.pods() {
+            dp.upsert_ipcache(
+                host(pod.ip),
+                IpcacheEntry {
+                    identity,
+                    tunnel_endpoint: None,
+                },
+            )
+            .expect("ipcache");
+            dp.attach_endpoint(&endpoint(id, pod, identity), &PolicyMap::allow_all())
+                .expect("attach");
+        }
+        dp
+    }
+}
+
+fn host(ip: Ipv4Addr) -> IpNet {
+    IpNet::new(ip.into(), 32).expect("a /32")
+}
+
+fn endpoint(id: u16, pod: &Pod, identity: u32) -> Endpoint {
+    Endpoint {
+        id,
+        ifname: pod.host_ifname.clone(),
+        ips: vec![pod.ip.into()],
+        identity,
+        mac: [0; 6],
+        node_mac: [0; 6],
+    }
+}
+
+/// An ingress policy (egress stays open) made of `entries`.
+fn ingress(entries: impl IntoIterator<Item = (PolicyKey, Verdict)>) -> PolicyMap {
+    PolicyMap::new(
+        entries
+            .into_iter()
+            .chain([(PolicyKey::allow_all(Direction::Egress), Verdict::Allow)]),
+    )
+}
+
+fn key(identity: u32, direction: Direction, l4: L4Match) -> PolicyKey {
+    PolicyKey {
+        identity,
+        direction,
+        l4,
+    }
+}
+
+/// A TCP echo server in `pod` on `port`, one thread per connection, for the test's life.
+fn serve(pod: &Pod, port: u16) {
+    let listener = pod
+        .ns
+        .run(|| TcpListener::bind(("0.0.0.0", port)))
+        .expect("run")
+        .expect("bind");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(match stream.try_clone() {
+                    Ok(s) => s,
+                    Err(_) => return,
+                });
+                let mut writer = stream;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if writer.write_all(line.as_bytes()).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+}
+
+fn connect(from: &Pod, to: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
+    from.ns
+        .run(|| TcpStream::connect_timeout(&SocketAddr::from((to, port)), CONNECT_TIMEOUT))
+        .expect("run in pod")
+}
+
+/// Whether a line sent on `stream` comes back within a second.
+fn echoes(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    if stream.write_all(b"hello\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    reader.read_line(&mut line).is_ok() && line == "hello\n"
+}
+
+fn reaches(from: &Pod, to: &Pod, port: u16) -> bool {
+    connect(from, to.ip, port).is_ok_and(|mut s| echoes(&mut s))
+}
+
+fn drops(events: &[VerdictEvent], endpoint_id: u16, reason: u8) -> Vec<&VerdictEvent> {
+    events
+        .iter()
+        .filter(|e| {
+            e.kind == EventKind::Drop
+                && e.endpoint_id == endpoint_id
+                && e.reason == u16::from(reason)
+        })
+        .collect()
+}
+
+#[test]
+fn identity_policy_is_enforced_on_real_traffic() {
+    let bed = Bed::new();
+    let mut dp = bed.datapath();
+    serve(&bed.db, REDIS);
+    serve(&bed.stranger, 8080);
+
+    // No policy: everything passes, both ways.
+    assert!(
+        reaches(&bed.employee, &bed.db, REDIS),
+        "no policy: employee reaches the db"
+    );
+    assert!(
+        reaches(&bed.stranger, &bed.db, REDIS),
+        "no policy: stranger reaches the db"
+    );
+    assert!(bed.employee.ns.ping(bed.db.ip), "no policy: ping passes");
+
+    // Ingress allow from the employee identity to TCP 6379.
+    dp.drain_events();
+    dp.set_policy(
+        3,
+        &ingress([(
+            key(
+                EMPLOYEE,
+                Direction::Ingress,
+                L4Match::port(PROTO_TCP, REDIS),
+            ),
+            Verdict::Allow,
+        )]),
+    )
+    .expect("policy");
+    let mut kept = connect(&bed.employee, bed.db.ip, REDIS).expect("employee connects");
+    assert!(echoes(&mut kept), "replies flow back to the employee");
+    let refused = connect(&bed.stranger, bed.db.ip, REDIS);
+    assert!(
+        refused.is_err(),
+        "the stranger's SYN must be dropped, got {refused:?}"
+    );
+    let events = dp.drain_events();
+    let dropped = drops(&events, 3, abi::DROP_POLICY);
+    assert!(
+        dropped.iter().any(|e| e.src_identity == STRANGER
+            && e.dst_identity == DB
+            && e.dport == REDIS
+            && e.direction == Direction::Ingress
+            && e.src == std::net::IpAddr::V4(bed.stranger.ip)),
+        "a drop event names the stranger, the db and the port: {events:#?}"
+    );
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::PolicyVerdict
+            && e.src_identity == EMPLOYEE
+            && e.dport == REDIS),
+        "the allowed connection's first packet is reported: {events:#?}"
+    );
+    let counters = dp.counters(3).expect("counters");
+    assert!(
+        counters.iter().any(|c| c.direction == Direction::Ingress
+            && c.reason == abi::DROP_POLICY
+            && c.packets >= 1),
+        "{counters:?}"
+    );
+    let entries = dp.policy(3).expect("policy entries");
+    let allow = entries
+        .iter()
+        .find(|e| e.key.identity == EMPLOYEE)
+        .expect("the employee entry");
+    assert!(
+        allow.packets >= 2,
+        "the entry counts the packets it allowed: {allow:?}"
+    );
+    assert!(
+        dp.ct_entries()
+            .expect("ct")
+            .iter()
+            .any(|c| c.dport == REDIS && c.endpoint_id == 3 && c.reply_packets > 0),
+        "the connection is tracked with its replies"
+    );
+
+    // Removing the allow mid-connection: the next forward packet is checked and dropped.
+    dp.set_policy(3, &ingress([])).expect("policy");
+    assert!(
+        !echoes(&mut kept),
+        "an established connection is cut when its allow goes away"
+    );
+    assert!(!drops(&dp.drain_events(), 3, abi::DROP_POLICY).is_empty());
+
+    // A deny beats an allow: any peer may reach 6379, but the stranger is denied everything.
+    dp.set_policy(
+        3,
+        &ingress([
+            (
+                key(0, Direction::Ingress, L4Match::port(PROTO_TCP, REDIS)),
+                Verdict::Allow,
+            ),
+            (
+                key(STRANGER, Direction::Ingress, L4Match::Any),
+                Verdict::Deny,
+            ),
+        ]),
+    )
+    .expect("policy");
+    assert!(
+        reaches(&bed.employee, &bed.db, REDIS),
+        "the wildcard allow admits the employee"
+    );
+    assert!(
+        connect(&bed.stranger, bed.db.ip, REDIS).is_err(),
+        "the deny wins for the stranger"
+    );
+    let denied = dp.drain_events();
+    assert!(
+        drops(&denied, 3, abi::DROP_POLICY_DENY)
+            .iter()
+            .any(|e| e.src_identity == STRANGER),
+        "the drop says it was a deny: {denied:#?}"
+    );
+
+    // ICMP echo under policy: the employee may ping, the stranger may not; replies pass.
+    dp.set_policy(
+        3,
+        &ingress([(
+            key(EMPLOYEE, Direction::Ingress, L4Match::port(PROTO_ICMP, 8)),
+            Verdict::Allow,
+        )]),
+    )
+    .expect("policy");
+    assert!(
+        bed.employee.ns.ping(bed.db.ip),
+        "echo request allowed, reply tracked"
+    );
+    assert!(
+        !bed.stranger.ns.ping(bed.db.ip),
+        "the stranger's echo request is dropped"
+    );
+    assert!(
+        dp.ct_entries()
+            .expect("ct")
+            .iter()
+            .any(|c| c.protocol == PROTO_ICMP),
+        "the ping left a tracked connection"
+    );
+
+    // Egress: the employee may only talk to the db on 6379.
+    dp.set_policy(3, &PolicyMap::allow_all()).expect("policy");
+    dp.set_policy(
+        1,
+        &PolicyMap::new([
+            (PolicyKey::allow_all(Direction::Ingress), Verdict::Allow),
+            (
+                key(DB, Direction::Egress, L4Match::port(PROTO_TCP, REDIS)),
+                Verdict::Allow,
+            ),
+        ]),
+    )
+    .expect("policy");
+    dp.drain_events();
+    assert!(
+        reaches(&bed.employee, &bed.db, REDIS),
+        "egress to the db is allowed"
+    );
+    assert!(
+        connect(&bed.employee, bed.stranger.ip, 8080).is_err(),
+        "egress to the stranger is not"
+    );
+    let egress = dp.drain_events();
+    assert!(
+        drops(&egress, 1, abi::DROP_POLICY)
+            .iter()
+            .any(|e| e.direction == Direction::Egress
+                && e.src_identity == EMPLOYEE
+                && e.dst_identity == STRANGER),
+        "{egress:#?}"
+    );
+    assert!(
+        reaches(&bed.stranger, &bed.db, REDIS),
+        "the db itself is open again"
+    );
+
+    // Connection-tracking entries expire (non-TCP lifetime is 2 s here) and are collected.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        dp.ct_gc().expect("gc") >= 1,
+        "the expired ICMP entry is collected"
+    );
+    assert!(
+        !dp.ct_entries()
+            .expect("ct")
+            .iter()
+            .any(|c| c.protocol == PROTO_ICMP)
+    );
+
+    // Detaching removes the employee's programs and addresses: its egress policy is gone.
+    dp.detach_endpoint(1).expect("detach");
+    assert!(
+        dp.endpoints()
+            .expect("endpoints")
+            .iter()
+            .all(|(_, info)| info.lxc_id != 1)
+    );
+    assert!(
+        reaches(&bed.employee, &bed.stranger, 8080),
+        "no program, no policy"
+    );
+}
+
+#[test]
+fn xdp_prefilter_drops_denied_sources_and_counts_them() {
+    let bed = Bed::new();
+    let mut dp = bed.datapath();
+    // An outside host on a node device.
+    let outside = NetNs::new("outside").expect("netns");
+    bed.node
+        .ip(&[
+            "link",
+            "add",
+            "ext0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            outside.name(),
+        ])
+        .expect("veth");
+    bed.node
+        .ip(&["addr", "add", "10.201.0.1/24", "dev", "ext0"])
+        .expect("addr");
+    bed.node.ip(&["link", "set", "ext0", "up"]).expect("up");
+    outside
+        .ip(&["addr", "add", "10.201.0.2/24", "dev", "eth0"])
+        .expect("addr");
+    outside.ip(&["link", "set", "eth0", "up"]).expect("up");
+    outside
+        .ip(&["route", "add", "default", "via", "10.201.0.1"])
+        .expect("route");
+
+    dp.attach_prefilter("ext0").expect("xdp attaches");
+    assert!(outside.ping(bed.db.ip), "nothing denied yet");
+    let denied: IpNet = "10.201.0.0/24".parse().expect("cidr");
+    dp.set_prefilter(&BTreeSet::from([denied]))
+        .expect("prefilter");
+    assert!(
+        !outside.ping(bed.db.ip),
+        "the denied CIDR is dropped at XDP"
+    );
+    let entries = dp.prefilter().expect("entries");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].prefix, denied);
+    assert!(
+        entries[0].packets >= 1,
+        "the prefix counts its drops: {entries:?}"
+    );
+    let totals = dp.prefilter_totals().expect("totals");
+    assert!(totals.dropped >= 1 && totals.passed >= 1, "{totals:?}");
+    // Other sources still pass while the CIDR is denied.
+    assert!(bed.employee.ns.ping(bed.db.ip));
+    dp.set_prefilter(&BTreeSet::new()).expect("prefilter");
+    assert!(
+        outside.ping(bed.db.ip),
+        "removing the CIDR lets it through again"
+    );
+    assert!(dp.detach_prefilter("ext0").expect("detach"));
+}
+
+#[test]
+fn enforcement_survives_the_agent_and_a_new_agent_takes_over() {
+    let bed = Bed::new();
+    serve(&bed.db, REDIS);
+    // The "agent" is another process: it wires the pods, allows only the employee into the
+    // db, and exits.
+    let mut apply = bed.node.command(env!("CARGO_BIN_EXE_datapath-apply"));
+    apply.arg("--bpffs-root").arg(&bed.pins.0);
+    for (id, pod, identity) in bed.pods() {
+        apply.args([
+            "--endpoint",
+            &format!("{id}:{}:{}:{identity}", pod.host_ifname, pod.ip),
+        ]);
+        apply.args(["--ipcache", &format!("{}/32={identity}", pod.ip)]);
+    }
+    apply.args([
+        "--allow-ingress",
+        &format!("3:{EMPLOYEE}:{PROTO_TCP}:{REDIS}"),
+    ]);
+    run_ok(&mut apply);
+
+    // No process holds the datapath now: the pinned programs enforce on their own.
+    assert!(
+        reaches(&bed.employee, &bed.db, REDIS),
+        "the employee is still allowed"
+    );
+    assert!(
+        connect(&bed.stranger, bed.db.ip, REDIS).is_err(),
+        "the stranger is still dropped"
+    );
+    let mut kept = connect(&bed.employee, bed.db.ip, REDIS).expect("connects");
+
+    // A new agent (this process) loads, checks the pins and swaps its programs into the
+    // links, while the stranger keeps trying: not one attempt may get through.
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let stop = Arc::clone(&stop);
+        let ns = bed.stranger.ns.path();
+        let target = bed.db.ip;
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(ns).expect("netns");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let mut tries = 0;
+            let mut passed = 0;
+            while !stop.load(Ordering::Relaxed) {
+                tries += 1;
+                if TcpStream::connect_timeout(
+                    &SocketAddr::from((target, REDIS)),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+                {
+                    passed += 1;
+                }
+            }
+            (tries, passed)
+        })
+    };
+    let mut dp = Datapath::open(&bed.pins.config()).expect("a new agent opens the pinned datapath");
+    let taken = dp.reattach_pinned().expect("takes over the links");
+    std::thread::sleep(Duration::from_millis(600));
+    stop.store(true, Ordering::Relaxed);
+    let (tries, passed) = prober.join().expect("prober");
+    assert_eq!(taken, 6, "two links for each of three endpoints");
+    assert!(
+        tries >= 2,
+        "the prober ran during the takeover ({tries} tries)"
+    );
+    assert_eq!(passed, 0, "the stranger got through during the takeover");
+    assert!(
+        echoes(&mut kept),
+        "the employee's connection lived through the takeover"
+    );
+
+    // The new agent's maps are the old ones: it sees the policy and changes it.
+    let entries = dp.policy(3).expect("policy");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.key.identity == EMPLOYEE && e.verdict == Verdict::Allow),
+        "{entries:?}"
+    );
+    dp.set_policy(3, &PolicyMap::allow_all()).expect("policy");
+    assert!(
+        reaches(&bed.stranger, &bed.db, REDIS),
+        "the new agent's change takes effect"
+    );
+}
+
+#[test]
+fn bad_requests_fail_closed_with_clear_errors() {
+    let bed = Bed::new();
+    let config = DatapathConfig {
+        policy_map_max: 256,
+        ..bed.pins.config()
+    };
+    let mut dp = Datapath::open(&config).expect("datapath");
+    let db = endpoint(3, &bed.db, DB);
+    dp.attach_endpoint(&db, &PolicyMap::allow_all())
+        .expect("attach");
+    serve(&bed.db, REDIS);
+    assert!(reaches(&bed.employee, &bed.db, REDIS));
+
+    // A policy larger than the map: refused, and the endpoint is locked down, not left open.
+    let huge = ingress((0..300).map(|i| {
+        (
+            key(5000 + i, Direction::Ingress, L4Match::Any),
+            Verdict::Allow,
+        )
+    }));
+    let err = dp.set_policy(3, &huge).expect_err("does not fit");
+    assert!(
+        err.to_string()
+            .contains("needs 301 map entries but the map holds 256"),
+        "{err}"
+    );
+    assert!(
+        dp.policy(3).expect("entries").is_empty(),
+        "locked down: no entry, everything dropped"
+    );
+    assert!(
+        connect(&bed.employee, bed.db.ip, REDIS).is_err(),
+        "locked down endpoints drop traffic"
+    );
+
+    let err = dp
+        .attach_endpoint(
+            &Endpoint {
+                id: 0,
+                ..db.clone()
+            },
+            &PolicyMap::allow_all(),
+        )
+        .expect_err("id 0");
+    assert!(
+        err.to_string().contains("endpoint id 0 is reserved"),
+        "{err}"
+    );
+    let err = dp
+        .attach_endpoint(
+            &Endpoint {
+                id: 9,
+                ifname: "no-such-if".into(),
+                ..db.clone()
+            },
+            &PolicyMap::allow_all(),
+        )
+        .expect_err("no interface");
+    assert!(err.to_string().contains("no-such-if"), "{err}");
+    let err = dp
+        .set_policy(77, &PolicyMap::allow_all())
+        .expect_err("unknown endpoint");
+    assert!(err.to_string().contains("endpoint 77"), "{err}");
+    let err = Datapath::open(&DatapathConfig {
+        policy_map_max: 10,
+        ..bed.pins.config()
+    })
+    .err()
+    .expect("bad size");
+    assert!(
+        err.to_string()
+            .contains("policy map size 10 is outside 256..=65536"),
+        "{err}"
+    );
+    drop(dp);
+
+    // A pin of another shape under the same name is refused, not reused.
+    let stale = config.pin_dir().join("cilium_ipcache");
+    std::fs::remove_file(&stale).expect("remove the ipcache pin");
+    aya::maps::HashMap::<_, u32, u32>::create(4, 0)
+        .expect("map")
+        .pin(&stale)
+        .expect("pin");
+    let err = Datapath::open(&config).err().expect("incompatible pin");
+    assert!(err.to_string().contains("has another shape"), "{err}");
+}
+
+fn run_ok(command: &mut Command) {
+    let out = command.output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
