@@ -115,7 +115,7 @@ impl Bed {
 }
 
 fn host(ip: Ipv4Addr) -> IpNet {
-    IpNet::new(ip.into(), 32).expect("a /32")
+    IpNet::from(std::net::IpAddr::V4(ip))
 }
 
 fn endpoint(id: u16, pod: &Pod, identity: u32) -> Endpoint {

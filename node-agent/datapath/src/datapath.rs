@@ -14,7 +14,7 @@ use aya::{
         RingBuf, lpm_trie::Key,
     },
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
@@ -152,6 +152,15 @@ pub struct CtEntry {
     pub reply_packets: u64,
     /// CLOCK_MONOTONIC nanoseconds.
     pub expires_ns: u64,
+}
+
+/// The endpoint programs, for [`Datapath::test_run`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointProgram {
+    /// Packets leaving a pod (its egress).
+    FromContainer,
+    /// Packets entering a pod (its ingress).
+    ToContainer,
 }
 
 /// What a policy update did.
@@ -945,6 +954,31 @@ impl Datapath {
             });
         }
         Ok(out)
+    }
+
+    /// Runs an endpoint program `repeat` times on `packet` (an Ethernet frame) with
+    /// `BPF_PROG_TEST_RUN`, in the calling thread's network namespace where the packet's
+    /// interface is the loopback device. Returns the program's verdict (0 = pass, 2 = drop)
+    /// and the kernel's mean time per run.
+    pub fn test_run(
+        &mut self,
+        program: EndpointProgram,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(i32, Duration), Error> {
+        let name = match program {
+            EndpointProgram::FromContainer => FROM_CONTAINER,
+            EndpointProgram::ToContainer => TO_CONTAINER,
+        };
+        let options = TestRunOptions {
+            data_in: Some(packet),
+            repeat,
+            ..TestRunOptions::new()
+        };
+        let result = classifier(&mut self.lxc, name)?
+            .test_run(options)
+            .map_err(program_error(name))?;
+        Ok((result.return_value as i32, result.duration))
     }
 
     /// Deletes expired connection-tracking entries; returns how many.

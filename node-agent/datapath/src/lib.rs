@@ -19,8 +19,8 @@ use std::path::PathBuf;
 
 pub use bpffs::DEFAULT_ROOT as DEFAULT_BPFFS_ROOT;
 pub use datapath::{
-    CtEntry, CtTimeouts, Datapath, DatapathConfig, Endpoint, EndpointCounter, IpcacheEntry,
-    PolicyEntryView, PrefilterEntry, PrefilterTotals,
+    CtEntry, CtTimeouts, Datapath, DatapathConfig, Endpoint, EndpointCounter, EndpointProgram,
+    IpcacheEntry, PolicyEntryView, PrefilterEntry, PrefilterTotals,
 };
 pub use events::{EventKind, VerdictEvent, reason_name};
 pub use policy::{Direction, L4Match, PolicyKey, PolicyMap, Verdict};

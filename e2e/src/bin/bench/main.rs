@@ -1,8 +1,9 @@
 //! `make bench`: the speed and memory numbers of the issues, printed, never asserted (the
 //! machines are shared and noisy). Runs on its own cluster-in-a-box with release binaries.
 //!
-//! `bench [podcidr] [identity]` runs the named benchmarks (all when none is named).
+//! `bench [podcidr] [identity] [datapath]` runs the named benchmarks (all when none is named).
 
+mod datapath;
 mod identity;
 mod podcidr;
 
@@ -25,6 +26,9 @@ fn main() -> ExitCode {
     }
     if runs("identity") {
         report("identity", runtime.block_on(identity::run()), &mut failed);
+    }
+    if runs("datapath") {
+        report("datapath", datapath::run(), &mut failed);
     }
     if failed {
         ExitCode::FAILURE
