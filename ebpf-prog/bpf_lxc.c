@@ -46,6 +46,8 @@ struct icmp_head {
 #define ICMPV6_PARAMPROB 4
 #define ICMPV6_ECHO_REQUEST 128
 #define ICMPV6_ECHO_REPLY 129
+#define ICMPV6_ROUTER_SOLICITATION 133
+#define ICMPV6_REDIRECT 137
 
 /* Connection-tracking lifetimes (Cilium's defaults); the loader may override them. */
 volatile const __u64 CT_LIFETIME_TCP_NS = 21600 * NSEC_PER_SEC;
@@ -233,6 +235,10 @@ static __always_inline int parse_l4(struct flow *f, void *l4, void *end)
 		if ((void *)(ic + 1) > end)
 			return -DROP_CT_INVALID_HDR;
 		f->policy_port = bpf_htons(ic->type);
+		/* Neighbour discovery (router/neighbour solicitation and advertisement, redirect)
+		 * keeps the link working whatever the policy, as in Cilium. */
+		if (ic->type >= ICMPV6_ROUTER_SOLICITATION && ic->type <= ICMPV6_REDIRECT)
+			return PARSE_PASS;
 		switch (ic->type) {
 		case ICMPV6_ECHO_REQUEST:
 			f->sport = ic->echo_id;

@@ -6,7 +6,7 @@
 
 use std::{
     fs::File,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
@@ -19,6 +19,8 @@ use crate::Error;
 /// The address every host-side veth carries: the pods' default gateway (like Cilium's
 /// cilium_host address).
 pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+/// The IPv6 router address on every host-side veth.
+pub const ROUTER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
 
 fn run(command: &mut Command) -> Result<Output, Error> {
     let shown = format!("{command:?}");
@@ -119,10 +121,12 @@ impl Drop for NetNs {
     }
 }
 
-/// A pod: its namespace, its address and the name of its host-side veth in the node.
+/// A pod: its namespace, its addresses and the name of its host-side veth in the node.
 pub struct Pod {
     pub ns: NetNs,
     pub ip: Ipv4Addr,
+    /// `fd00:200::` followed by the last two octets of `ip`.
+    pub ip6: Ipv6Addr,
     pub host_ifname: String,
 }
 
@@ -130,9 +134,20 @@ pub struct Pod {
 /// `eth0` in the pod).
 pub fn add_pod(node: &NetNs, host_ifname: &str, ip: Ipv4Addr) -> Result<Pod, Error> {
     let ns = NetNs::new("pod")?;
-    let pod_ip = format!("{ip}/32");
-    let router = ROUTER_IP.to_string();
-    node.ip(&[
+    let [.., high, low] = ip.octets();
+    let ip6 = Ipv6Addr::new(
+        0xfd00,
+        0x200,
+        0,
+        0,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([high, low]),
+    );
+    let (pod_ip, pod_ip6) = (format!("{ip}/32"), format!("{ip6}/128"));
+    let (router, router6) = (ROUTER_IP.to_string(), ROUTER_IP6.to_string());
+    let veth = [
         "link",
         "add",
         host_ifname,
@@ -141,28 +156,47 @@ pub fn add_pod(node: &NetNs, host_ifname: &str, ip: Ipv4Addr) -> Result<Pod, Err
         "peer",
         "name",
         "eth0",
-        "netns",
-        ns.name(),
-    ])?;
+    ];
+    node.ip(&[&veth[..], &["netns", ns.name()]].concat())?;
     node.ip(&["addr", "add", &format!("{router}/32"), "dev", host_ifname])?;
+    node.ip(&[
+        "addr",
+        "add",
+        &format!("{router6}/128"),
+        "dev",
+        host_ifname,
+        "nodad",
+    ])?;
     node.ip(&["link", "set", host_ifname, "up"])?;
     node.ip(&["route", "add", &pod_ip, "dev", host_ifname])?;
+    node.ip(&["-6", "route", "add", &pod_ip6, "dev", host_ifname])?;
     ns.ip(&["addr", "add", &pod_ip, "dev", "eth0"])?;
+    ns.ip(&["addr", "add", &pod_ip6, "dev", "eth0", "nodad"])?;
     ns.ip(&["link", "set", "eth0", "up"])?;
     ns.ip(&["route", "add", &router, "dev", "eth0"])?;
     ns.ip(&["route", "add", "default", "via", &router])?;
+    ns.ip(&["-6", "route", "add", &router6, "dev", "eth0"])?;
+    ns.ip(&["-6", "route", "add", "default", "via", &router6])?;
+    let host_ifname = host_ifname.to_string();
     Ok(Pod {
         ns,
         ip,
-        host_ifname: host_ifname.to_string(),
+        ip6,
+        host_ifname,
     })
 }
 
 /// A node namespace that routes between its pods.
 pub fn node() -> Result<NetNs, Error> {
     let node = NetNs::new("node")?;
-    run(node
-        .command("sysctl")
-        .args(["-qw", "net.ipv4.ip_forward=1"]))?;
+    run(node.command("sysctl").args([
+        "-qw",
+        "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
+        // Interfaces made later (both ends of pod veths) take their setting from `default`;
+        // without duplicate address detection their link-local addresses work at once.
+        "net.ipv6.conf.default.forwarding=1",
+        "net.ipv6.conf.default.accept_dad=0",
+    ]))?;
     Ok(node)
 }

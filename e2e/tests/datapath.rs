@@ -99,14 +99,13 @@ impl Bed {
     fn datapath(&self) -> Datapath {
         let mut dp = Datapath::open(&self.pins.config()).expect("datapath loads");
         for (id, pod, identity) in self.pods() {
-            dp.upsert_ipcache(
-                host(pod.ip),
-                IpcacheEntry {
+            for prefix in [host(pod.ip), IpNet::from(std::net::IpAddr::V6(pod.ip6))] {
+                let entry = IpcacheEntry {
                     identity,
                     tunnel_endpoint: None,
-                },
-            )
-            .expect("ipcache");
+                };
+                dp.upsert_ipcache(prefix, entry).expect("ipcache");
+            }
             dp.attach_endpoint(&endpoint(id, pod, identity), &PolicyMap::allow_all())
                 .expect("attach");
         }
@@ -122,7 +121,7 @@ fn endpoint(id: u16, pod: &Pod, identity: u32) -> Endpoint {
     Endpoint {
         id,
         ifname: pod.host_ifname.clone(),
-        ips: vec![pod.ip.into()],
+        ips: vec![pod.ip.into(), pod.ip6.into()],
         identity,
         mac: [0; 6],
         node_mac: [0; 6],
@@ -148,9 +147,10 @@ fn key(identity: u32, direction: Direction, l4: L4Match) -> PolicyKey {
 
 /// A TCP echo server in `pod` on `port`, one thread per connection, for the test's life.
 fn serve(pod: &Pod, port: u16) {
+    // `::` takes IPv4 too (bindv6only is off by default).
     let listener = pod
         .ns
-        .run(|| TcpListener::bind(("0.0.0.0", port)))
+        .run(|| TcpListener::bind(("::", port)))
         .expect("run")
         .expect("bind");
     std::thread::spawn(move || {
@@ -173,9 +173,10 @@ fn serve(pod: &Pod, port: u16) {
     });
 }
 
-fn connect(from: &Pod, to: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
+fn connect(from: &Pod, to: impl Into<std::net::IpAddr>, port: u16) -> std::io::Result<TcpStream> {
+    let target = SocketAddr::from((to.into(), port));
     from.ns
-        .run(|| TcpStream::connect_timeout(&SocketAddr::from((to, port)), CONNECT_TIMEOUT))
+        .run(|| TcpStream::connect_timeout(&target, CONNECT_TIMEOUT))
         .expect("run in pod")
 }
 
@@ -410,6 +411,47 @@ fn identity_policy_is_enforced_on_real_traffic() {
     assert!(
         reaches(&bed.employee, &bed.stranger, 8080),
         "no program, no policy"
+    );
+}
+
+#[test]
+fn ipv6_traffic_meets_the_same_policy() {
+    let bed = Bed::new();
+    let mut dp = bed.datapath();
+    serve(&bed.db, REDIS);
+    let v6_reaches =
+        |from: &Pod| connect(from, bed.db.ip6, REDIS).is_ok_and(|mut s| echoes(&mut s));
+    assert!(
+        v6_reaches(&bed.employee) && v6_reaches(&bed.stranger),
+        "no policy: IPv6 passes: {:#?}",
+        dp.drain_events()
+    );
+    dp.set_policy(
+        3,
+        &ingress([(
+            key(
+                EMPLOYEE,
+                Direction::Ingress,
+                L4Match::port(PROTO_TCP, REDIS),
+            ),
+            Verdict::Allow,
+        )]),
+    )
+    .expect("policy");
+    assert!(
+        v6_reaches(&bed.employee),
+        "the employee's identity comes from its IPv6 ipcache entry"
+    );
+    assert!(
+        !v6_reaches(&bed.stranger),
+        "the stranger is dropped over IPv6 too"
+    );
+    let events = dp.drain_events();
+    assert!(
+        drops(&events, 3, abi::DROP_POLICY)
+            .iter()
+            .any(|e| e.src == std::net::IpAddr::V6(bed.stranger.ip6)),
+        "{events:#?}"
     );
 }
 
