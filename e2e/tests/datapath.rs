@@ -287,6 +287,32 @@ fn identity_policy_is_enforced_on_real_traffic() {
         "the connection is tracked with its replies"
     );
 
+    // Without its ipcache entry the employee is "world" to the db, which the policy does not
+    // admit; with the entry back it is admitted again.
+    let employee_ip = host(bed.employee.ip);
+    assert!(dp.delete_ipcache(employee_ip).expect("delete"));
+    dp.drain_events();
+    assert!(
+        connect(&bed.employee, bed.db.ip, REDIS).is_err(),
+        "an unknown source is world"
+    );
+    let world = dp.drain_events();
+    assert!(
+        drops(&world, 3, abi::DROP_POLICY)
+            .iter()
+            .any(|e| e.src_identity == abi::IDENTITY_WORLD),
+        "{world:#?}"
+    );
+    let entry = IpcacheEntry {
+        identity: EMPLOYEE,
+        tunnel_endpoint: None,
+    };
+    dp.upsert_ipcache(employee_ip, entry).expect("upsert");
+    assert!(
+        reaches(&bed.employee, &bed.db, REDIS),
+        "admitted again with its identity"
+    );
+
     // Removing the allow mid-connection: the next forward packet is checked and dropped.
     dp.set_policy(3, &ingress([])).expect("policy");
     assert!(
@@ -488,7 +514,14 @@ fn xdp_prefilter_drops_denied_sources_and_counts_them() {
         .expect("route");
 
     dp.attach_prefilter("ext0").expect("xdp attaches");
+    dp.drain_events();
     assert!(outside.ping(bed.db.ip), "nothing denied yet");
+    let seen = dp.drain_events();
+    assert!(
+        seen.iter()
+            .any(|e| e.endpoint_id == 3 && e.src_identity == abi::IDENTITY_WORLD),
+        "a source outside the ipcache is world: {seen:#?}"
+    );
     let denied: IpNet = "10.201.0.0/24".parse().expect("cidr");
     dp.set_prefilter(&BTreeSet::from([denied]))
         .expect("prefilter");
