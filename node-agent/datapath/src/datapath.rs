@@ -336,11 +336,13 @@ fn pin_link(fd_link: FdLink, path: &Path) -> Result<(), Error> {
 /// Attaches a TC program to `ifname`, or swaps it into the link pinned at `path`; the pin
 /// is then the link's only owner.
 fn attach_tc(
-    program: &mut SchedClassifier,
+    bpf: &mut Ebpf,
+    name: &'static str,
     ifname: &str,
     hook: TcAttachType,
     path: &Path,
 ) -> Result<(), Error> {
+    let program = classifier(bpf, name)?;
     let link_id = match pinned_link(path)? {
         Some(old) => {
             let link =
@@ -357,9 +359,7 @@ fn attach_tc(
         name: ifname.to_string(),
         reason: format!("attaching TC program: {e}"),
     })?;
-    let link = program
-        .take_link(link_id)
-        .map_err(program_error(FROM_CONTAINER))?;
+    let link = program.take_link(link_id).map_err(program_error(name))?;
     let fd_link = FdLink::try_from(link).map_err(|e| link_error(path)(e.to_string()))?;
     if !path.exists() {
         pin_link(fd_link, path)?;
@@ -507,18 +507,14 @@ impl Datapath {
             let path = entry.path();
             if name.ends_with("_from_container") {
                 attach_tc(
-                    classifier(&mut self.lxc, FROM_CONTAINER)?,
+                    &mut self.lxc,
+                    FROM_CONTAINER,
                     "",
                     TcAttachType::Ingress,
                     &path,
                 )?;
             } else if name.ends_with("_to_container") {
-                attach_tc(
-                    classifier(&mut self.lxc, TO_CONTAINER)?,
-                    "",
-                    TcAttachType::Egress,
-                    &path,
-                )?;
+                attach_tc(&mut self.lxc, TO_CONTAINER, "", TcAttachType::Egress, &path)?;
             } else if name.starts_with("xdp_") {
                 attach_xdp(xdp_program(&mut self.xdp)?, "", &path)?;
             } else {
@@ -591,12 +587,7 @@ impl Datapath {
 
         for (link, program, hook) in Self::endpoint_links(id) {
             let path = self.link_path(&link);
-            attach_tc(
-                classifier(&mut self.lxc, program)?,
-                &endpoint.ifname,
-                hook,
-                &path,
-            )?;
+            attach_tc(&mut self.lxc, program, &endpoint.ifname, hook, &path)?;
         }
         debug!(id, ifname = %endpoint.ifname, ifindex, "endpoint attached");
         Ok(change)
