@@ -14,7 +14,8 @@ use aya::{
         RingBuf, lpm_trie::Key,
     },
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
+        LinkOrder, Program, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+        Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
@@ -190,89 +191,108 @@ pub struct Datapath {
     prefilter_stats: PerCpuArray<MapData, u64>,
 }
 
-/// The shape each pinned map must have; aya would reuse a pin of another shape silently.
-fn expected_shapes() -> [(&'static str, MapType, usize, usize); 11] {
-    [
-        (
-            "cilium_ipcache",
+/// What a pinned map must look like: aya would reuse a pin of another shape silently.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Shape {
+    map_type: MapType,
+    key: usize,
+    value: usize,
+}
+
+const fn shape(map_type: MapType, key: usize, value: usize) -> Shape {
+    Shape {
+        map_type,
+        key,
+        value,
+    }
+}
+
+/// The maps the objects pin by name.
+const PINNED_MAPS: [(&str, Shape); 10] = [
+    (
+        "cilium_ipcache",
+        shape(
             MapType::LpmTrie,
             size_of::<Key<abi::IpcacheKey>>(),
             size_of::<abi::RemoteEndpointInfo>(),
         ),
-        (
-            "cilium_lxc",
+    ),
+    (
+        "cilium_lxc",
+        shape(
             MapType::Hash,
             size_of::<abi::EndpointKey>(),
             size_of::<abi::EndpointInfo>(),
         ),
-        (
-            "cilium_policy_v2",
-            MapType::HashOfMaps,
-            size_of::<u32>(),
-            size_of::<u32>(),
-        ),
-        (
-            "cilium_ct_global",
+    ),
+    (
+        "cilium_policy_v2",
+        shape(MapType::HashOfMaps, size_of::<u32>(), size_of::<u32>()),
+    ),
+    (
+        "cilium_ct_global",
+        shape(
             MapType::LruHash,
             size_of::<abi::CtKey>(),
             size_of::<abi::CtEntry>(),
         ),
-        (
-            "cilium_metrics",
+    ),
+    (
+        "cilium_metrics",
+        shape(
             MapType::PerCpuHash,
             size_of::<abi::MetricsKey>(),
             size_of::<abi::MetricsValue>(),
         ),
-        ("cilium_events", MapType::RingBuf, 0, 0),
-        (
-            "cilium_events_lost",
-            MapType::PerCpuArray,
-            size_of::<u32>(),
-            size_of::<u64>(),
-        ),
-        (
-            "cilium_cidr_v4_dyn",
+    ),
+    ("cilium_events", shape(MapType::RingBuf, 0, 0)),
+    (
+        "cilium_events_lost",
+        shape(MapType::PerCpuArray, size_of::<u32>(), size_of::<u64>()),
+    ),
+    (
+        "cilium_cidr_v4_dyn",
+        shape(
             MapType::LpmTrie,
             size_of::<Key<abi::PrefilterV4Key>>(),
             size_of::<abi::PrefilterValue>(),
         ),
-        (
-            "cilium_cidr_v6_dyn",
+    ),
+    (
+        "cilium_cidr_v6_dyn",
+        shape(
             MapType::LpmTrie,
             size_of::<Key<abi::PrefilterV6Key>>(),
             size_of::<abi::PrefilterValue>(),
         ),
-        (
-            "cilium_prefilter_stats",
-            MapType::PerCpuArray,
-            size_of::<u32>(),
-            size_of::<u64>(),
-        ),
-        // Per-endpoint policy maps are checked when opened (see `policy_trie`).
-        (
-            "",
-            MapType::LpmTrie,
-            size_of::<Key<abi::PolicyKey>>(),
-            size_of::<abi::PolicyEntry>(),
-        ),
-    ]
-}
+    ),
+    (
+        "cilium_prefilter_stats",
+        shape(MapType::PerCpuArray, size_of::<u32>(), size_of::<u64>()),
+    ),
+];
 
-fn check_shape(path: &Path, map_type: MapType, key: usize, value: usize) -> Result<(), Error> {
+/// Each endpoint's policy map, pinned by the agent rather than by the objects.
+const POLICY_MAP: Shape = shape(
+    MapType::LpmTrie,
+    size_of::<Key<abi::PolicyKey>>(),
+    size_of::<abi::PolicyEntry>(),
+);
+
+fn check_shape(path: &Path, expected: Shape) -> Result<(), Error> {
     let info = MapInfo::from_pin(path).map_err(Error::map(path.display().to_string()))?;
-    let found_type = info
-        .map_type()
-        .map_err(Error::map(path.display().to_string()))?;
-    let found = (
-        found_type,
+    let found = shape(
+        info.map_type()
+            .map_err(Error::map(path.display().to_string()))?,
         info.key_size() as usize,
         info.value_size() as usize,
     );
-    if found != (map_type, key, value) {
+    if found != expected {
+        let show = |s: Shape| format!("{:?} key {} value {}", s.map_type, s.key, s.value);
         return Err(Error::IncompatiblePin {
             path: path.to_path_buf(),
-            found: format!("{:?} key {} value {}", found.0, found.1, found.2),
-            expected: format!("{map_type:?} key {key} value {value}"),
+            found: show(found),
+            expected: show(expected),
         });
     }
     Ok(())
@@ -288,22 +308,19 @@ where
     T::try_from(map).map_err(Error::map(name))
 }
 
-fn program_error(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> Error {
+fn program_error(name: &'static str) -> impl FnOnce(ProgramError) -> Error {
     move |source| Error::Program { name, source }
 }
 
-fn classifier<'a>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, Error> {
+/// A program of the loaded object as its concrete type (`SchedClassifier`, `Xdp`).
+fn object_program<'a, P>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, Error>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
     let program = bpf
         .program_mut(name)
         .ok_or_else(|| Error::Config(format!("the eBPF object has no program {name}")))?;
     program.try_into().map_err(program_error(name))
-}
-
-fn xdp_program(bpf: &mut Ebpf) -> Result<&mut Xdp, Error> {
-    let program = bpf
-        .program_mut(XDP_PREFILTER)
-        .ok_or_else(|| Error::Config(format!("the eBPF object has no program {XDP_PREFILTER}")))?;
-    program.try_into().map_err(program_error(XDP_PREFILTER))
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -342,7 +359,7 @@ fn attach_tc(
     hook: TcAttachType,
     path: &Path,
 ) -> Result<(), Error> {
-    let program = classifier(bpf, name)?;
+    let program: &mut SchedClassifier = object_program(bpf, name)?;
     let link_id = match pinned_link(path)? {
         Some(old) => {
             let link =
@@ -367,7 +384,8 @@ fn attach_tc(
     Ok(())
 }
 
-fn attach_xdp(program: &mut Xdp, ifname: &str, path: &Path) -> Result<(), Error> {
+fn attach_xdp(bpf: &mut Ebpf, ifname: &str, path: &Path) -> Result<(), Error> {
+    let program: &mut Xdp = object_program(bpf, XDP_PREFILTER)?;
     let link_id = match pinned_link(path)? {
         Some(old) => {
             let link = XdpLink::try_from(old).map_err(|e| link_error(path)(e.to_string()))?;
@@ -414,10 +432,10 @@ impl Datapath {
         }
         let pins = config.pin_dir();
         bpffs::ensure_mounted(&config.bpffs_root, &pins)?;
-        for (name, map_type, key, value) in expected_shapes() {
+        for (name, expected) in PINNED_MAPS {
             let path = pins.join(name);
-            if !name.is_empty() && path.exists() {
-                check_shape(&path, map_type, key, value)?;
+            if path.exists() {
+                check_shape(&path, expected)?;
             }
         }
 
@@ -436,14 +454,14 @@ impl Datapath {
             .override_global("CT_LIFETIME_NONTCP_NS", &other, true)
             .load(LXC_OBJECT)?;
         for name in [FROM_CONTAINER, TO_CONTAINER] {
-            classifier(&mut lxc, name)?
+            object_program::<SchedClassifier>(&mut lxc, name)?
                 .load()
                 .map_err(program_error(name))?;
         }
         let mut xdp = EbpfLoader::new()
             .default_map_pin_directory(&pins)
             .load(XDP_OBJECT)?;
-        xdp_program(&mut xdp)?
+        object_program::<Xdp>(&mut xdp, XDP_PREFILTER)?
             .load()
             .map_err(program_error(XDP_PREFILTER))?;
 
@@ -491,7 +509,7 @@ impl Datapath {
     }
 
     fn policy_pin(&self, id: u16) -> PathBuf {
-        self.pins.join(format!("cilium_policy_v2_{id:05}"))
+        self.pins.join(policy_map_name(id))
     }
 
     /// Swaps this process's programs into every link a previous agent pinned, atomically
@@ -516,7 +534,7 @@ impl Datapath {
             } else if name.ends_with("_to_container") {
                 attach_tc(&mut self.lxc, TO_CONTAINER, "", TcAttachType::Egress, &path)?;
             } else if name.starts_with("xdp_") {
-                attach_xdp(xdp_program(&mut self.xdp)?, "", &path)?;
+                attach_xdp(&mut self.xdp, "", &path)?;
             } else {
                 warn!(path = %path.display(), "unknown pinned link left alone");
                 continue;
@@ -555,7 +573,8 @@ impl Datapath {
             }
         })?;
 
-        let change = self.set_policy_map(id, policy, true)?;
+        let trie = self.create_policy_trie(id)?;
+        let change = self.write_policy(id, trie, policy)?;
 
         let wanted: BTreeSet<abi::EndpointKey> = endpoint
             .ips
@@ -630,18 +649,28 @@ impl Datapath {
         Ok(keys)
     }
 
-    /// The endpoint's policy map, created and pinned first when `create` is set. The pin is
-    /// the source of truth: it is (re-)registered in the outer map every time.
-    fn policy_trie(&mut self, id: u16, create: bool) -> Result<PolicyTrie, Error> {
+    /// The endpoint's pinned policy map.
+    fn policy_trie(&self, id: u16) -> Result<PolicyTrie, Error> {
         let pin = self.policy_pin(id);
-        let name = pin.display().to_string();
+        let name = policy_map_name(id);
         if !pin.exists() {
-            if !create {
-                return Err(Error::Endpoint {
-                    id,
-                    reason: "no such endpoint in the datapath".into(),
-                });
-            }
+            return Err(Error::Endpoint {
+                id,
+                reason: "no such endpoint in the datapath".into(),
+            });
+        }
+        check_shape(&pin, POLICY_MAP)?;
+        let data = MapData::from_pin(&pin).map_err(Error::map(name.clone()))?;
+        let map = Map::from_map_data(data).map_err(Error::map(name.clone()))?;
+        PolicyTrie::try_from(map).map_err(Error::map(name))
+    }
+
+    /// The endpoint's policy map, created and pinned if missing, and (re-)registered in the
+    /// outer map the programs look it up in.
+    fn create_policy_trie(&mut self, id: u16) -> Result<PolicyTrie, Error> {
+        let pin = self.policy_pin(id);
+        if !pin.exists() {
+            let name = policy_map_name(id);
             PolicyTrie::create(self.policy_map_max, BPF_F_NO_PREALLOC)
                 .map_err(Error::map(name.clone()))?
                 .pin(&pin)
@@ -650,12 +679,7 @@ impl Datapath {
                     reason: format!("pinning {name}: {e}"),
                 })?;
         }
-        let [.., (_, map_type, key, value)] = expected_shapes();
-        check_shape(&pin, map_type, key, value)?;
-        let data = MapData::from_pin(&pin).map_err(Error::map(name.clone()))?;
-        let trie =
-            PolicyTrie::try_from(Map::from_map_data(data).map_err(Error::map(name.clone()))?)
-                .map_err(Error::map(name))?;
+        let trie = self.policy_trie(id)?;
         self.policies
             .insert(u32::from(id), &trie, 0)
             .map_err(Error::map("cilium_policy_v2"))?;
@@ -666,28 +690,20 @@ impl Datapath {
     /// that never opens more than the old or the new policy allows. A policy that does not
     /// fit, or a write that fails, leaves the map empty (everything dropped) and an error.
     pub fn set_policy(&mut self, id: u16, policy: &PolicyMap) -> Result<PolicyChange, Error> {
-        self.set_policy_map(id, policy, false)
+        let trie = self.policy_trie(id)?;
+        self.write_policy(id, trie, policy)
     }
 
-    fn set_policy_map(
-        &mut self,
+    fn write_policy(
+        &self,
         id: u16,
+        mut trie: PolicyTrie,
         policy: &PolicyMap,
-        create: bool,
     ) -> Result<PolicyChange, Error> {
-        let mut trie = self.policy_trie(id, create)?;
-        let name = format!("cilium_policy_v2_{id:05}");
-        let mut current = BTreeMap::new();
-        let mut foreign = Vec::new();
-        for item in trie.iter() {
-            let (key, entry) = item.map_err(Error::map(name.clone()))?;
-            match PolicyKey::decode(&key) {
-                Some(k) => {
-                    current.insert(k, Verdict::of_entry(&entry));
-                }
-                None => foreign.push(key),
-            }
-        }
+        let name = policy_map_name(id);
+        let (entries, foreign) = read_policy(&trie, &name)?;
+        let current: BTreeMap<PolicyKey, Verdict> =
+            entries.into_iter().map(|e| (e.key, e.verdict)).collect();
         if policy.len() > self.policy_map_max as usize {
             lock_down(&mut trie, &name);
             return Err(Error::PolicyMapFull {
@@ -733,22 +749,9 @@ impl Datapath {
     }
 
     /// The entries of an endpoint's policy map with their packet counters.
-    pub fn policy(&mut self, id: u16) -> Result<Vec<PolicyEntryView>, Error> {
-        let trie = self.policy_trie(id, false)?;
-        let mut out = Vec::new();
-        for item in trie.iter() {
-            let (key, entry) = item.map_err(Error::map(format!("cilium_policy_v2_{id:05}")))?;
-            if let Some(key) = PolicyKey::decode(&key) {
-                out.push(PolicyEntryView {
-                    key,
-                    verdict: Verdict::of_entry(&entry),
-                    packets: entry.packets,
-                    bytes: entry.bytes,
-                });
-            }
-        }
-        out.sort_by_key(|e| e.key);
-        Ok(out)
+    pub fn policy(&self, id: u16) -> Result<Vec<PolicyEntryView>, Error> {
+        let trie = self.policy_trie(id)?;
+        Ok(read_policy(&trie, &policy_map_name(id))?.0)
     }
 
     pub fn upsert_ipcache(&mut self, prefix: IpNet, entry: IpcacheEntry) -> Result<(), Error> {
@@ -809,7 +812,7 @@ impl Datapath {
     /// Attaches the XDP prefilter to a node device (or takes over its pinned link).
     pub fn attach_prefilter(&mut self, ifname: &str) -> Result<(), Error> {
         let path = self.link_path(&format!("xdp_{ifname}"));
-        attach_xdp(xdp_program(&mut self.xdp)?, ifname, &path)
+        attach_xdp(&mut self.xdp, ifname, &path)
     }
 
     pub fn detach_prefilter(&mut self, ifname: &str) -> Result<bool, Error> {
@@ -966,7 +969,7 @@ impl Datapath {
             repeat,
             ..TestRunOptions::new()
         };
-        let result = classifier(&mut self.lxc, name)?
+        let result = object_program::<SchedClassifier>(&mut self.lxc, name)?
             .test_run(options)
             .map_err(program_error(name))?;
         Ok((result.return_value as i32, result.duration))
@@ -1003,6 +1006,33 @@ fn prefilter_entry(
         packets: value.packets,
         bytes: value.bytes,
     })
+}
+
+fn policy_map_name(id: u16) -> String {
+    format!("cilium_policy_v2_{id:05}")
+}
+
+/// A policy map's entries sorted by key, and the keys this crate never writes.
+fn read_policy(
+    trie: &PolicyTrie,
+    name: &str,
+) -> Result<(Vec<PolicyEntryView>, Vec<Key<abi::PolicyKey>>), Error> {
+    let mut entries = Vec::new();
+    let mut foreign = Vec::new();
+    for item in trie.iter() {
+        let (raw, entry) = item.map_err(Error::map(name))?;
+        match PolicyKey::decode(&raw) {
+            Some(key) => entries.push(PolicyEntryView {
+                key,
+                verdict: Verdict::of_entry(&entry),
+                packets: entry.packets,
+                bytes: entry.bytes,
+            }),
+            None => foreign.push(raw),
+        }
+    }
+    entries.sort_by_key(|e| e.key);
+    Ok((entries, foreign))
 }
 
 /// Empties a policy map: with no entry the endpoint drops everything (fail closed).
