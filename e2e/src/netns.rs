@@ -1,17 +1,20 @@
 //! Network namespaces made by a test: a "node" namespace holding the host side of each pod's
 //! veth, and one namespace per "pod", wired the way the CNI plugin wires pods (a /32 on the
-//! pod's `eth0`, a default route via the node's router address). Everything is deleted when
-//! the values are dropped, so a failing test leaves nothing behind. Addresses live only
-//! inside these namespaces.
+//! pod's `eth0`, a default route via the node's router address), plus a bpffs directory of
+//! the test's own for the datapath's pins. Everything is deleted when the values are
+//! dropped, so a failing test leaves nothing behind. Addresses live only inside these
+//! namespaces.
 
 use std::{
     fs::File,
-    net::{Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
 };
 
+use cilium_datapath::{Datapath, Endpoint, IpcacheEntry, PolicyMap};
+use ipnet::IpNet;
 use nix::sched::{CloneFlags, setns};
 
 use crate::Error;
@@ -128,6 +131,65 @@ pub struct Pod {
     /// `fd00:200::` followed by the last two octets of `ip`.
     pub ip6: Ipv6Addr,
     pub host_ifname: String,
+}
+
+impl Pod {
+    /// The pod as a datapath endpoint behind its host-side veth.
+    pub fn endpoint(&self, id: u16, identity: u32) -> Endpoint {
+        Endpoint {
+            id,
+            ifname: self.host_ifname.clone(),
+            ips: vec![self.ip.into(), self.ip6.into()],
+            identity,
+            mac: [0; 6],
+            node_mac: [0; 6],
+        }
+    }
+
+    /// Puts both addresses in the ipcache with `identity` and attaches the endpoint with
+    /// `policy`. Call it from a thread inside the node namespace.
+    pub fn wire(
+        &self,
+        datapath: &mut Datapath,
+        id: u16,
+        identity: u32,
+        policy: &PolicyMap,
+    ) -> Result<(), cilium_datapath::Error> {
+        for ip in [IpAddr::V4(self.ip), IpAddr::V6(self.ip6)] {
+            let entry = IpcacheEntry {
+                identity,
+                tunnel_endpoint: None,
+            };
+            datapath.upsert_ipcache(IpNet::from(ip), entry)?;
+        }
+        datapath.attach_endpoint(&self.endpoint(id, identity), policy)?;
+        Ok(())
+    }
+}
+
+/// A directory of its own on /sys/fs/bpf for the datapath's pins (its `bpffs_root`),
+/// removed with everything in it on drop.
+pub struct ScratchBpffs(PathBuf);
+
+impl ScratchBpffs {
+    pub fn new(tag: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        ScratchBpffs(PathBuf::from(format!(
+            "/sys/fs/bpf/cilium-rs-{tag}-{}-{n}",
+            std::process::id()
+        )))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchBpffs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Creates a pod namespace wired to `node` through a veth (`host_ifname` in the node,

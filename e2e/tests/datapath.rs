@@ -7,11 +7,10 @@ use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
     process::Command,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -20,7 +19,7 @@ use cilium_datapath::{
     CtTimeouts, Datapath, DatapathConfig, Direction, Endpoint, EventKind, IpcacheEntry, L4Match,
     PolicyKey, PolicyMap, Verdict, VerdictEvent, abi, policy::PROTO_ICMP, policy::PROTO_TCP,
 };
-use e2e::netns::{self, NetNs, Pod};
+use e2e::netns::{self, NetNs, Pod, ScratchBpffs};
 use ipnet::IpNet;
 
 const EMPLOYEE: u32 = 1000;
@@ -29,40 +28,21 @@ const DB: u32 = 1002;
 const REDIS: u16 = 6379;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A private pin root under /sys/fs/bpf, removed with everything in it on drop.
-struct PinRoot(PathBuf);
-
-impl PinRoot {
-    fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        PinRoot(PathBuf::from(format!(
-            "/sys/fs/bpf/cilium-rs-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        )))
-    }
-
-    fn config(&self) -> DatapathConfig {
-        DatapathConfig {
-            bpffs_root: self.0.clone(),
-            ct_timeouts: CtTimeouts {
-                non_tcp: Duration::from_secs(2),
-                ..CtTimeouts::default()
-            },
-            ..DatapathConfig::default()
-        }
-    }
-}
-
-impl Drop for PinRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// The datapath configuration of the tests: pins in `pins`, a 2-second non-TCP lifetime.
+fn datapath_config(pins: &ScratchBpffs) -> DatapathConfig {
+    DatapathConfig {
+        bpffs_root: pins.path().to_path_buf(),
+        ct_timeouts: CtTimeouts {
+            non_tcp: Duration::from_secs(2),
+            ..CtTimeouts::default()
+        },
+        ..DatapathConfig::default()
     }
 }
 
 /// A node with three pods: employee, stranger and the db. The test thread lives in the node.
 struct Bed {
-    pins: PinRoot,
+    pins: ScratchBpffs,
     employee: Pod,
     stranger: Pod,
     db: Pod,
@@ -79,7 +59,7 @@ impl Bed {
         let db = netns::add_pod(&node, "lxc-db", Ipv4Addr::new(10, 200, 1, 3)).expect("pod");
         node.enter_this_thread().expect("enter the node namespace");
         Bed {
-            pins: PinRoot::new(),
+            pins: ScratchBpffs::new("test"),
             employee,
             stranger,
             db,
@@ -97,17 +77,10 @@ impl Bed {
 
     /// Opens the datapath and wires the three pods with no policy, their IPs in the ipcache.
     fn datapath(&self) -> Datapath {
-        let mut dp = Datapath::open(&self.pins.config()).expect("datapath loads");
+        let mut dp = Datapath::open(&datapath_config(&self.pins)).expect("datapath loads");
         for (id, pod, identity) in self.pods() {
-            for prefix in [host(pod.ip), IpNet::from(std::net::IpAddr::V6(pod.ip6))] {
-                let entry = IpcacheEntry {
-                    identity,
-                    tunnel_endpoint: None,
-                };
-                dp.upsert_ipcache(prefix, entry).expect("ipcache");
-            }
-            dp.attach_endpoint(&endpoint(id, pod, identity), &PolicyMap::allow_all())
-                .expect("attach");
+            pod.wire(&mut dp, id, identity, &PolicyMap::allow_all())
+                .expect("wire the pod");
         }
         dp
     }
@@ -117,17 +90,6 @@ fn host(ip: Ipv4Addr) -> IpNet {
     IpNet::from(std::net::IpAddr::V4(ip))
 }
 
-fn endpoint(id: u16, pod: &Pod, identity: u32) -> Endpoint {
-    Endpoint {
-        id,
-        ifname: pod.host_ifname.clone(),
-        ips: vec![pod.ip.into(), pod.ip6.into()],
-        identity,
-        mac: [0; 6],
-        node_mac: [0; 6],
-    }
-}
-
 /// An ingress policy (egress stays open) made of `entries`.
 fn ingress(entries: impl IntoIterator<Item = (PolicyKey, Verdict)>) -> PolicyMap {
     PolicyMap::new(
@@ -135,6 +97,11 @@ fn ingress(entries: impl IntoIterator<Item = (PolicyKey, Verdict)>) -> PolicyMap
             .into_iter()
             .chain([(PolicyKey::allow_all(Direction::Egress), Verdict::Allow)]),
     )
+}
+
+/// An ingress policy that admits only `identity` on `l4` (egress stays open).
+fn admit(identity: u32, l4: L4Match) -> PolicyMap {
+    ingress([(key(identity, Direction::Ingress, l4), Verdict::Allow)])
 }
 
 fn key(identity: u32, direction: Direction, l4: L4Match) -> PolicyKey {
@@ -228,18 +195,8 @@ fn identity_policy_is_enforced_on_real_traffic() {
 
     // Ingress allow from the employee identity to TCP 6379.
     dp.drain_events();
-    dp.set_policy(
-        3,
-        &ingress([(
-            key(
-                EMPLOYEE,
-                Direction::Ingress,
-                L4Match::port(PROTO_TCP, REDIS),
-            ),
-            Verdict::Allow,
-        )]),
-    )
-    .expect("policy");
+    dp.set_policy(3, &admit(EMPLOYEE, L4Match::port(PROTO_TCP, REDIS)))
+        .expect("policy");
     let mut kept = connect(&bed.employee, bed.db.ip, REDIS).expect("employee connects");
     assert!(echoes(&mut kept), "replies flow back to the employee");
     let refused = connect(&bed.stranger, bed.db.ip, REDIS);
@@ -353,14 +310,8 @@ fn identity_policy_is_enforced_on_real_traffic() {
     );
 
     // ICMP echo under policy: the employee may ping, the stranger may not; replies pass.
-    dp.set_policy(
-        3,
-        &ingress([(
-            key(EMPLOYEE, Direction::Ingress, L4Match::port(PROTO_ICMP, 8)),
-            Verdict::Allow,
-        )]),
-    )
-    .expect("policy");
+    dp.set_policy(3, &admit(EMPLOYEE, L4Match::port(PROTO_ICMP, 8)))
+        .expect("policy");
     assert!(
         bed.employee.ns.ping(bed.db.ip),
         "echo request allowed, reply tracked"
@@ -452,18 +403,8 @@ fn ipv6_traffic_meets_the_same_policy() {
         "no policy: IPv6 passes: {:#?}",
         dp.drain_events()
     );
-    dp.set_policy(
-        3,
-        &ingress([(
-            key(
-                EMPLOYEE,
-                Direction::Ingress,
-                L4Match::port(PROTO_TCP, REDIS),
-            ),
-            Verdict::Allow,
-        )]),
-    )
-    .expect("policy");
+    dp.set_policy(3, &admit(EMPLOYEE, L4Match::port(PROTO_TCP, REDIS)))
+        .expect("policy");
     assert!(
         v6_reaches(&bed.employee),
         "the employee's identity comes from its IPv6 ipcache entry"
@@ -555,7 +496,7 @@ fn enforcement_survives_the_agent_and_a_new_agent_takes_over() {
     // The "agent" is another process: it wires the pods, allows only the employee into the
     // db, and exits.
     let mut apply = bed.node.command(env!("CARGO_BIN_EXE_datapath-apply"));
-    apply.arg("--bpffs-root").arg(&bed.pins.0);
+    apply.arg("--bpffs-root").arg(bed.pins.path());
     for (id, pod, identity) in bed.pods() {
         apply.args([
             "--endpoint",
@@ -606,7 +547,8 @@ fn enforcement_survives_the_agent_and_a_new_agent_takes_over() {
             (tries, passed)
         })
     };
-    let mut dp = Datapath::open(&bed.pins.config()).expect("a new agent opens the pinned datapath");
+    let mut dp =
+        Datapath::open(&datapath_config(&bed.pins)).expect("a new agent opens the pinned datapath");
     let taken = dp.reattach_pinned().expect("takes over the links");
     std::thread::sleep(Duration::from_millis(600));
     stop.store(true, Ordering::Relaxed);
@@ -642,10 +584,10 @@ fn bad_requests_fail_closed_with_clear_errors() {
     let bed = Bed::new();
     let config = DatapathConfig {
         policy_map_max: 256,
-        ..bed.pins.config()
+        ..datapath_config(&bed.pins)
     };
     let mut dp = Datapath::open(&config).expect("datapath");
-    let db = endpoint(3, &bed.db, DB);
+    let db = bed.db.endpoint(3, DB);
     dp.attach_endpoint(&db, &PolicyMap::allow_all())
         .expect("attach");
     serve(&bed.db, REDIS);
@@ -703,7 +645,7 @@ fn bad_requests_fail_closed_with_clear_errors() {
     assert!(err.to_string().contains("endpoint 77"), "{err}");
     let err = Datapath::open(&DatapathConfig {
         policy_map_max: 10,
-        ..bed.pins.config()
+        ..datapath_config(&bed.pins)
     })
     .err()
     .expect("bad size");

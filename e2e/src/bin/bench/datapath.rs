@@ -4,7 +4,6 @@
 
 use std::{
     net::Ipv4Addr,
-    path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -14,7 +13,7 @@ use cilium_datapath::{
     Datapath, DatapathConfig, Direction, Endpoint, EndpointProgram, IpcacheEntry, L4Match,
     PolicyKey, PolicyMap, Verdict, policy::PROTO_TCP,
 };
-use e2e::netns::{self, NetNs, Pod};
+use e2e::netns::{self, NetNs, Pod, ScratchBpffs};
 use ipnet::IpNet;
 
 const SIZES: [u32; 3] = [1, 1_000, 10_000];
@@ -23,30 +22,12 @@ const CLIENT: u32 = 1001;
 const SERVER: u32 = 1000;
 const REPEAT: u32 = 500_000;
 
-/// A bpffs root of its own, removed afterwards.
-struct Pins(PathBuf);
-
-impl Pins {
-    fn new(tag: &str) -> Self {
-        Pins(PathBuf::from(format!(
-            "/sys/fs/bpf/cilium-rs-bench-{tag}-{}",
-            std::process::id()
-        )))
-    }
-
-    fn open(&self) -> anyhow::Result<Datapath> {
-        let config = DatapathConfig {
-            bpffs_root: self.0.clone(),
-            ..DatapathConfig::default()
-        };
-        Datapath::open(&config).context("loading the datapath")
-    }
-}
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn open(pins: &ScratchBpffs) -> anyhow::Result<Datapath> {
+    let config = DatapathConfig {
+        bpffs_root: pins.path().to_path_buf(),
+        ..DatapathConfig::default()
+    };
+    Datapath::open(&config).context("loading the datapath")
 }
 
 /// Ingress policy for the server: `entries` allows of which only the last admits the client.
@@ -96,8 +77,8 @@ pub fn run() -> anyhow::Result<()> {
 
 /// The ingress program on one packet, allowed and dropped, by policy size.
 fn per_packet() -> anyhow::Result<()> {
-    let pins = Pins::new("pkt");
-    let mut dp = pins.open()?;
+    let pins = ScratchBpffs::new("bench");
+    let mut dp = open(&pins)?;
     let (server_ip, client_ip, stranger_ip) = (
         Ipv4Addr::new(10, 0, 0, 1),
         Ipv4Addr::new(10, 0, 0, 2),
@@ -249,28 +230,11 @@ fn throughput() -> anyhow::Result<()> {
         )
     };
 
-    let pins = Pins::new("tput");
+    let pins = ScratchBpffs::new("bench");
     let results = node.run(|| -> anyhow::Result<Vec<(u32, f64)>> {
-        let mut dp = pins.open()?;
-        let endpoints = [(1, &client, CLIENT), (2, &server, SERVER)];
-        for (id, pod, identity) in endpoints {
-            dp.upsert_ipcache(
-                host(pod.ip),
-                IpcacheEntry {
-                    identity,
-                    tunnel_endpoint: None,
-                },
-            )?;
-            let endpoint = Endpoint {
-                id,
-                ifname: pod.host_ifname.clone(),
-                ips: vec![pod.ip.into()],
-                identity,
-                mac: [0; 6],
-                node_mac: [0; 6],
-            };
-            dp.attach_endpoint(&endpoint, &PolicyMap::allow_all())?;
-        }
+        let mut dp = open(&pins)?;
+        client.wire(&mut dp, 1, CLIENT, &PolicyMap::allow_all())?;
+        server.wire(&mut dp, 2, SERVER, &PolicyMap::allow_all())?;
         let mut out = Vec::new();
         for entries in SIZES {
             dp.set_policy(2, &server_policy(entries))?;
