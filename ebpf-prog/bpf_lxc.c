@@ -522,6 +522,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u16 endpoint_id = 0;
 	__u32 own_identity = 0, peer = 0;
 	__u8 own = dir == DIR_EGRESS ? CT_F_EGRESS : CT_F_INGRESS;
+	enum ct_status status;
 	__u64 now;
 	int reason;
 
@@ -547,26 +548,22 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		goto drop;
 	}
 
-	peer = peer_identity(dir == DIR_EGRESS ? f.daddr : f.saddr, f.family);
 	now = bpf_ktime_get_ns();
-	switch (ct_lookup(&f, own, len, now)) {
-	case CT_REPLY:
-	case CT_RELATED:
+	status = ct_lookup(&f, own, len, now);
+	if (status == CT_REPLY || status == CT_RELATED) {
 		count(endpoint_id, dir, REASON_FORWARDED, len);
 		return TC_ACT_OK;
-	case CT_ESTABLISHED:
-		reason = policy_verdict(endpoint_id, peer, dir, &f, len);
-		if (reason)
-			goto drop;
-		break;
-	case CT_NEW:
-		reason = policy_verdict(endpoint_id, peer, dir, &f, len);
-		if (reason)
-			goto drop;
+	}
+
+	/* Forward packets, new or established, meet the policy every time. */
+	peer = peer_identity(dir == DIR_EGRESS ? f.daddr : f.saddr, f.family);
+	reason = policy_verdict(endpoint_id, peer, dir, &f, len);
+	if (reason)
+		goto drop;
+	if (status == CT_NEW) {
 		ct_create(&f, own, peer, endpoint_id, len, now);
 		emit(skb, &f, EVENT_POLICY_VERDICT, dir, endpoint_id, 0,
 		     dir == DIR_EGRESS ? own_identity : peer, dir == DIR_EGRESS ? peer : own_identity);
-		break;
 	}
 	count(endpoint_id, dir, REASON_FORWARDED, len);
 	return TC_ACT_OK;
