@@ -4,10 +4,13 @@
 // kube's `printcolumn(name = .., type_ = ..)` repeats the same keys once per column.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod cache;
 pub mod cidr;
+pub mod cli;
 pub mod endpoint;
 pub mod identity;
 pub mod node;
+pub mod pod_identity;
 pub mod policy;
 pub mod selector;
 pub mod validation;

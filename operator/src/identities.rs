@@ -13,11 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cilium_crds::CiliumIdentity;
-use cilium_crds::identity::IdentityFields;
-use cilium_identity::{
-    ClusterScope, IdentityPool, LabelFilter, LabelSet, NumericIdentity, PodIdentitySource,
-    PoolError, identity_labels,
+use cilium_crds::pod_identity::{
+    identity_object, needs_identity, parse_identity, pod_identity_labels,
 };
+use cilium_identity::{ClusterScope, IdentityPool, LabelFilter, LabelSet, NumericIdentity, PoolError};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -177,26 +176,21 @@ impl IdentityController {
             .into_iter()
             .map(|ns| (ns.name_any(), ns))
             .collect();
-        let empty = BTreeMap::new();
         let mut wanted = BTreeMap::new();
         for pod in self.caches.pods.state() {
             if !needs_identity(&pod) {
                 continue;
             }
-            let namespace = pod.namespace().unwrap_or_default();
-            let source = PodIdentitySource {
-                namespace: &namespace,
-                labels: pod.metadata.labels.as_ref().unwrap_or(&empty),
-                service_account: pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.service_account_name.as_deref()),
-                namespace_labels: namespaces
-                    .get(&namespace)
-                    .and_then(|ns| ns.metadata.labels.as_ref())
-                    .unwrap_or(&empty),
-            };
-            let labels = identity_labels(source, &self.config.cluster_name, &self.config.filter);
+            let namespace_labels = pod
+                .namespace()
+                .and_then(|ns| namespaces.get(&ns))
+                .and_then(|ns| ns.metadata.labels.as_ref());
+            let labels = pod_identity_labels(
+                &pod,
+                namespace_labels,
+                &self.config.cluster_name,
+                &self.config.filter,
+            );
             wanted.entry(labels).or_insert(pod);
         }
         wanted
@@ -390,45 +384,6 @@ fn exhaustion_event(error: &PoolError) -> Event {
 }
 
 /// Pods on the host network use the host's identity; finished pods need none.
-fn needs_identity(pod: &Pod) -> bool {
-    let host_network = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.host_network)
-        .unwrap_or(false);
-    let finished = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .is_some_and(|p| p == "Succeeded" || p == "Failed");
-    !host_network && !finished && pod.metadata.deletion_timestamp.is_none()
-}
-
-/// The number and labels of a CiliumIdentity, or why they are unusable. Callers on every
-/// pass skip bad ones quietly; [`IdentityController::restore`] reports them once per
-/// leadership.
-pub fn parse_identity(cid: &CiliumIdentity) -> Result<(NumericIdentity, LabelSet), String> {
-    let name = cid.name_any();
-    let id = name
-        .parse::<u32>()
-        .map_err(|_| format!("name {name:?} is not a number"))?;
-    let labels = LabelSet::from_security_labels(&cid.spec.security_labels)
-        .map_err(|e| format!("security-labels: {e}"))?;
-    Ok((NumericIdentity(id), labels))
-}
-
-/// The CiliumIdentity Cilium writes for `labels`.
-pub fn identity_object(id: NumericIdentity, labels: &LabelSet) -> CiliumIdentity {
-    let mut cid = CiliumIdentity::new(
-        &id.to_string(),
-        IdentityFields {
-            security_labels: labels.security_labels(),
-        },
-    );
-    cid.metadata.labels = Some(labels.k8s_metadata_labels());
-    cid
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GcAction {
     Keep,
@@ -559,32 +514,5 @@ mod tests {
         let mut zero_window = RateLimit::new(1, Duration::ZERO);
         assert!(zero_window.take());
         assert!(zero_window.take());
-    }
-
-    #[test]
-    fn identity_objects_are_what_cilium_writes() {
-        let labels: LabelSet = [
-            Label::k8s("app", "web"),
-            Label::k8s("io.kubernetes.pod.namespace", "shop"),
-            Label::k8s("io.cilium.k8s.namespace.labels.team", "a"),
-        ]
-        .into_iter()
-        .collect();
-        let cid = identity_object(NumericIdentity(70000), &labels);
-        assert_eq!(cid.metadata.name.as_deref(), Some("70000"));
-        let meta = cid.metadata.labels.clone().unwrap_or_default();
-        assert_eq!(meta.get("app").map(String::as_str), Some("web"));
-        assert!(!meta.keys().any(|k| k.contains("namespace.labels")));
-        assert_eq!(
-            cid.spec
-                .security_labels
-                .get("k8s:io.kubernetes.pod.namespace")
-                .map(String::as_str),
-            Some("shop")
-        );
-        assert_eq!(parse_identity(&cid), Ok((NumericIdentity(70000), labels)));
-        let mut unnamed = cid.clone();
-        unnamed.metadata.name = Some("web".into());
-        assert!(parse_identity(&unnamed).is_err_and(|e| e.contains("\"web\" is not a number")));
     }
 }

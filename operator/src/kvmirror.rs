@@ -27,7 +27,7 @@ use ipnet::IpNet;
 use kube::ResourceExt;
 use tokio::sync::watch;
 
-use crate::identities::parse_identity;
+use cilium_crds::pod_identity::parse_identity;
 use crate::metrics::Metrics;
 use crate::watch::{Caches, Waker};
 

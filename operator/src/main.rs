@@ -16,6 +16,7 @@ use cilium_operator::metrics::Metrics;
 use cilium_operator::nodes::NodeController;
 use cilium_operator::podcidr::PoolConfig;
 use cilium_operator::watch::{Caches, Wakers};
+use cilium_crds::cli::parse_duration;
 use clap::Parser;
 use ipnet::IpNet;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -96,23 +97,6 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
 }
 
 /// Go-style durations: `15s`, `500ms`, `2m`, `1h`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 15s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!(
-            "{s:?} is not a duration like 15s (units: ms, s, m, h)"
-        )),
-    }
-}
-
 impl Args {
     fn pools(&self) -> anyhow::Result<PoolConfig> {
         let pools = PoolConfig {
@@ -231,15 +215,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let identity_config = args.identity_config()?;
     let mirror_config = args.mirror_config()?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
-        }
-        None => kube::Config::infer().await?,
-    };
-    let client = kube::Client::try_from(config)?;
+    let client = cilium_crds::cli::client(args.kubeconfig.as_deref()).await?;
     tracing::info!(%identity, cluster = %args.cluster_name, cluster_id = args.cluster_id, "starting");
 
     let metrics = Arc::new(Metrics::default());

@@ -1,0 +1,471 @@
+//! The agent's node-local state — IPAM, endpoints, the datapath — and the operations the
+//! API and the reconciler perform on it. Each operation is all-or-nothing: a step that fails
+//! undoes the ones before it, so the state on disk, in memory and in the kernel agree.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use cilium_agent_api::{
+    EndpointChangeRequest, EndpointModel, EndpointRef, IpamAllocation, IpamStatus, StatusResponse,
+};
+use cilium_crds::cache::Waker;
+use cilium_datapath::{Datapath, Endpoint, IpcacheEntry, PolicyMap};
+use cilium_identity::ReservedIdentity;
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::endpoints::{EndpointRecord, EndpointTable, StateDir, StateError, parse_mac};
+use crate::ipam::{HostIpam, IpamError};
+
+/// This node as the agent registered it.
+#[derive(Debug, Clone)]
+pub struct LocalNode {
+    pub name: String,
+    pub cluster_name: String,
+    pub cluster_id: u8,
+    /// The Node's InternalIP.
+    pub ip: IpAddr,
+    /// The IPv4 PodCIDRs the operator gave this node.
+    pub cidrs: Vec<Ipv4Net>,
+    /// The address of `cilium_host`, the pods' gateway (CiliumInternalIP).
+    pub router_ip: Ipv4Addr,
+    pub health_ip: Ipv4Addr,
+}
+
+impl LocalNode {
+    pub fn cidrs(&self) -> Vec<IpNet> {
+        self.cidrs.iter().copied().map(IpNet::V4).collect()
+    }
+}
+
+/// IPAM owner names of the node's own addresses.
+pub const ROUTER_OWNER: &str = "router";
+pub const HEALTH_OWNER: &str = "health";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error("datapath: {0}")]
+    Datapath(#[from] cilium_datapath::Error),
+    #[error("endpoint state: {0}")]
+    State(#[from] StateError),
+}
+
+impl AgentError {
+    /// The HTTP status the API answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            AgentError::BadRequest(_) | AgentError::Ipam(IpamError::OutOfRange { .. }) => 400,
+            AgentError::NotFound(_) | AgentError::Ipam(IpamError::NotAllocated(_)) => 404,
+            AgentError::Conflict(_) | AgentError::Ipam(IpamError::Taken { .. }) => 409,
+            AgentError::Ipam(IpamError::Exhausted { .. }) => 503,
+            AgentError::Datapath(_) | AgentError::State(_) => 500,
+        }
+    }
+}
+
+struct State {
+    ipam: HostIpam,
+    endpoints: EndpointTable,
+    datapath: Datapath,
+}
+
+pub struct Agent {
+    node: LocalNode,
+    state: Mutex<State>,
+    store: StateDir,
+    /// Wakes the reconciler after a change it must publish (CiliumEndpoints, ipcache).
+    changed: Waker,
+    synced: AtomicBool,
+}
+
+/// Every endpoint gets an allow-all policy map until the policy engine computes its own.
+fn policy() -> PolicyMap {
+    PolicyMap::allow_all()
+}
+
+fn datapath_endpoint(record: &EndpointRecord) -> Endpoint {
+    Endpoint {
+        id: record.id,
+        ifname: record.interface_name.clone(),
+        ips: vec![IpAddr::V4(record.ipv4)],
+        identity: record.identity,
+        mac: record.mac,
+        node_mac: record.host_mac,
+    }
+}
+
+fn host_entry(record: &EndpointRecord, node_ip: IpAddr) -> (IpNet, IpcacheEntry) {
+    let tunnel_endpoint = match node_ip {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    };
+    (
+        IpNet::from(IpAddr::V4(record.ipv4)),
+        IpcacheEntry {
+            identity: record.identity,
+            tunnel_endpoint,
+        },
+    )
+}
+
+/// A network device name the kernel accepts.
+fn check_ifname(what: &str, name: &str) -> Result<(), AgentError> {
+    let ok = !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && name.chars().all(|c| c.is_ascii_graphic() && c != '/' && c != ':');
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::BadRequest(format!(
+            "{what} {name:?} is not a network device name (1-15 printable characters, no '/' or ':')"
+        )))
+    }
+}
+
+fn check_not_empty(what: &str, value: &str) -> Result<(), AgentError> {
+    if value.trim().is_empty() {
+        Err(AgentError::BadRequest(format!("{what} is empty")))
+    } else {
+        Ok(())
+    }
+}
+
+impl Agent {
+    /// The agent of `node`, with the router and health addresses taken in IPAM.
+    pub fn new(
+        node: LocalNode,
+        datapath: Datapath,
+        store: StateDir,
+        changed: Waker,
+    ) -> Result<Self, AgentError> {
+        let mut ipam = HostIpam::new(node.cidrs.clone());
+        ipam.allocate(node.router_ip, ROUTER_OWNER)?;
+        ipam.allocate(node.health_ip, HEALTH_OWNER)?;
+        Ok(Self {
+            node,
+            state: Mutex::new(State {
+                ipam,
+                endpoints: EndpointTable::default(),
+                datapath,
+            }),
+            store,
+            changed,
+            synced: AtomicBool::new(false),
+        })
+    }
+
+    pub fn node(&self) -> &LocalNode {
+        &self.node
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_synced(&self) {
+        self.synced.store(true, Ordering::Relaxed);
+    }
+
+    /// Brings back the endpoints saved before a restart. An endpoint whose veth is gone
+    /// (its pod was removed while the agent was down) is cleaned up; the others are
+    /// re-attached in place with the same id, address and identity.
+    pub fn restore(&self) -> Result<usize, AgentError> {
+        let loaded = self.store.load()?;
+        for (path, reason) in &loaded.unreadable {
+            tracing::error!(path = %path.display(), %reason, "endpoint record unreadable; set aside");
+        }
+        let mut state = self.lock();
+        let mut restored = 0;
+        for record in loaded.records {
+            let id = record.id;
+            let present = nix::net::if_::if_nametoindex(record.interface_name.as_str()).is_ok();
+            let claimed = if present {
+                state.ipam.allocate(record.ipv4, &record.ipam_owner())
+            } else {
+                Ok(())
+            };
+            let attached = match claimed {
+                Ok(()) if present => state
+                    .datapath
+                    .attach_endpoint(&datapath_endpoint(&record), &policy())
+                    .map(drop)
+                    .map_err(AgentError::from),
+                Ok(()) => Err(AgentError::NotFound(format!(
+                    "device {} is gone",
+                    record.interface_name
+                ))),
+                Err(e) => Err(e.into()),
+            };
+            match attached {
+                Ok(()) => {
+                    let (prefix, entry) = host_entry(&record, self.node.ip);
+                    state.datapath.upsert_ipcache(prefix, entry)?;
+                    state.endpoints.insert(record);
+                    restored += 1;
+                }
+                Err(reason) => {
+                    tracing::warn!(id, %reason, "not restoring endpoint; removing it");
+                    let _ = state.ipam.release(record.ipv4);
+                    state.datapath.detach_endpoint(id)?;
+                    state.datapath.delete_ipcache(IpNet::from(IpAddr::V4(record.ipv4)))?;
+                    self.store.remove(id)?;
+                }
+            }
+        }
+        drop(state);
+        self.changed.wake();
+        Ok(restored)
+    }
+
+    pub fn allocate_ip(&self, owner: &str) -> Result<IpamAllocation, AgentError> {
+        check_not_empty("owner", owner)?;
+        let mut state = self.lock();
+        let ip = state.ipam.allocate_next(owner)?;
+        let cidr = self
+            .node
+            .cidrs
+            .iter()
+            .find(|c| c.contains(&ip))
+            .copied()
+            .unwrap_or_else(|| Ipv4Net::from(ip));
+        tracing::info!(%ip, owner, "allocated");
+        Ok(IpamAllocation {
+            ipv4: ip,
+            cidr,
+            gateway: self.node.router_ip,
+            node_ip: self.node.ip,
+        })
+    }
+
+    pub fn release_ip(&self, ip: Ipv4Addr) -> Result<(), AgentError> {
+        let mut state = self.lock();
+        if let Some(endpoint) = state.endpoints.by_ip(ip) {
+            return Err(AgentError::Conflict(format!(
+                "{ip} belongs to endpoint {}; delete the endpoint instead",
+                endpoint.id
+            )));
+        }
+        if [self.node.router_ip, self.node.health_ip].contains(&ip) {
+            return Err(AgentError::Conflict(format!("{ip} is the node's own address")));
+        }
+        let owner = state.ipam.release(ip)?;
+        tracing::info!(%ip, owner, "released");
+        Ok(())
+    }
+
+    /// Creates the endpoint of a wired pod; the same request again returns the endpoint
+    /// unchanged (`false` = not created now).
+    pub fn put_endpoint(
+        &self,
+        reference: &EndpointRef,
+        request: EndpointChangeRequest,
+    ) -> Result<(EndpointModel, bool), AgentError> {
+        if *reference != EndpointRef::ContainerId(request.container_id.clone()) {
+            return Err(AgentError::BadRequest(format!(
+                "endpoints are created at container-id:<container-id> of the body; got {reference}"
+            )));
+        }
+        check_not_empty("container-id", &request.container_id)?;
+        check_not_empty("k8s-namespace", &request.k8s_namespace)?;
+        check_not_empty("k8s-pod-name", &request.k8s_pod_name)?;
+        check_not_empty("netns", &request.netns)?;
+        check_ifname("interface-name", &request.interface_name)?;
+        check_ifname("pod-interface-name", &request.pod_interface_name)?;
+        let mac = parse_mac(&request.mac).map_err(AgentError::BadRequest)?;
+        let host_mac = parse_mac(&request.host_mac).map_err(AgentError::BadRequest)?;
+
+        let mut state = self.lock();
+        if let Some(existing) = state.endpoints.get(reference) {
+            return if existing.ipv4 == request.ipv4
+                && existing.interface_name == request.interface_name
+            {
+                Ok((existing.model(), false))
+            } else {
+                Err(AgentError::Conflict(format!(
+                    "container {} already has endpoint {} ({} on {})",
+                    request.container_id, existing.id, existing.ipv4, existing.interface_name
+                )))
+            };
+        }
+        if let Some(holder) = state.endpoints.by_ip(request.ipv4) {
+            return Err(AgentError::Conflict(format!(
+                "{} belongs to endpoint {} of container {}",
+                request.ipv4, holder.id, holder.container_id
+            )));
+        }
+        let id = state
+            .endpoints
+            .next_id()
+            .ok_or_else(|| AgentError::Conflict("all 65535 endpoint ids are in use".into()))?;
+        let record = EndpointRecord {
+            id,
+            container_id: request.container_id,
+            k8s_namespace: request.k8s_namespace,
+            k8s_pod_name: request.k8s_pod_name,
+            interface_name: request.interface_name,
+            pod_interface_name: request.pod_interface_name,
+            netns: request.netns,
+            ipv4: request.ipv4,
+            mac,
+            host_mac,
+            identity: ReservedIdentity::Init.id().0,
+            labels: vec!["reserved:init".into()],
+        };
+        let claimed_now = state.ipam.owner(record.ipv4).is_none();
+        state.ipam.allocate(record.ipv4, &record.ipam_owner())?;
+        let wired = self.wire(&mut state, &record);
+        if let Err(e) = wired {
+            let _ = state.datapath.detach_endpoint(id);
+            let _ = state
+                .datapath
+                .delete_ipcache(IpNet::from(IpAddr::V4(record.ipv4)));
+            if claimed_now {
+                let _ = state.ipam.release(record.ipv4);
+            }
+            return Err(e);
+        }
+        tracing::info!(id, container = %record.container_id, pod = %record.ipam_owner(), ip = %record.ipv4, "endpoint created");
+        let model = record.model();
+        state.endpoints.insert(record);
+        drop(state);
+        self.changed.wake();
+        Ok((model, true))
+    }
+
+    /// Datapath, ipcache and record on disk for `record`.
+    fn wire(&self, state: &mut State, record: &EndpointRecord) -> Result<(), AgentError> {
+        state
+            .datapath
+            .attach_endpoint(&datapath_endpoint(record), &policy())?;
+        let (prefix, entry) = host_entry(record, self.node.ip);
+        state.datapath.upsert_ipcache(prefix, entry)?;
+        self.store.save(record)?;
+        Ok(())
+    }
+
+    pub fn delete_endpoint(&self, reference: &EndpointRef) -> Result<EndpointModel, AgentError> {
+        let mut state = self.lock();
+        let record = state
+            .endpoints
+            .get(reference)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(format!("no endpoint {reference}")))?;
+        // Kernel first: if it fails, the endpoint stays listed and a retry finishes the job.
+        state.datapath.detach_endpoint(record.id)?;
+        state
+            .datapath
+            .delete_ipcache(IpNet::from(IpAddr::V4(record.ipv4)))?;
+        self.store.remove(record.id)?;
+        let _ = state.ipam.release(record.ipv4);
+        state.endpoints.remove(record.id);
+        drop(state);
+        tracing::info!(id = record.id, container = %record.container_id, ip = %record.ipv4, "endpoint deleted");
+        self.changed.wake();
+        Ok(record.model())
+    }
+
+    pub fn endpoint(&self, reference: &EndpointRef) -> Result<EndpointModel, AgentError> {
+        self.lock()
+            .endpoints
+            .get(reference)
+            .map(EndpointRecord::model)
+            .ok_or_else(|| AgentError::NotFound(format!("no endpoint {reference}")))
+    }
+
+    pub fn records(&self) -> Vec<EndpointRecord> {
+        self.lock().endpoints.iter().cloned().collect()
+    }
+
+    /// Gives endpoint `id` a new identity: datapath, ipcache and record updated together.
+    pub fn set_identity(&self, id: u16, identity: u32, labels: Vec<String>) -> Result<(), AgentError> {
+        let mut state = self.lock();
+        let Some(current) = state.endpoints.get(&EndpointRef::Id(id)).cloned() else {
+            return Ok(());
+        };
+        if current.identity == identity && current.labels == labels {
+            return Ok(());
+        }
+        let mut updated = current.clone();
+        updated.identity = identity;
+        updated.labels = labels;
+        if let Err(e) = self.wire(&mut state, &updated) {
+            // Back to what the record on disk says.
+            let _ = self.wire(&mut state, &current);
+            return Err(e);
+        }
+        tracing::info!(id, from = current.identity, to = identity, "endpoint identity changed");
+        if let Some(slot) = state.endpoints.get_mut(id) {
+            *slot = updated;
+        }
+        Ok(())
+    }
+
+    /// Makes the datapath's ipcache equal to `wanted(local endpoints)`; returns the number of
+    /// writes.
+    pub fn sync_ipcache(
+        &self,
+        wanted: impl FnOnce(&[EndpointRecord]) -> std::collections::BTreeMap<IpNet, IpcacheEntry>,
+    ) -> Result<usize, AgentError> {
+        let mut state = self.lock();
+        let local: Vec<EndpointRecord> = state.endpoints.iter().cloned().collect();
+        let wanted = wanted(&local);
+        let current = state.datapath.ipcache()?.into_iter().collect();
+        let (upserts, deletions) = crate::ipcache::diff(&current, &wanted);
+        let writes = upserts.len() + deletions.len();
+        for (prefix, entry) in upserts {
+            state.datapath.upsert_ipcache(prefix, entry)?;
+        }
+        for prefix in deletions {
+            state.datapath.delete_ipcache(prefix)?;
+        }
+        Ok(writes)
+    }
+
+    /// Removes expired connection-tracking entries; returns how many.
+    pub fn ct_gc(&self) -> Result<usize, AgentError> {
+        Ok(self.lock().datapath.ct_gc()?)
+    }
+
+    pub fn ipam_status(&self) -> IpamStatus {
+        let state = self.lock();
+        IpamStatus {
+            cidrs: self.node.cidrs.clone(),
+            used: state.ipam.used(),
+            total: state.ipam.total(),
+            allocations: state
+                .ipam
+                .allocations()
+                .map(|(ip, owner)| (ip, owner.to_owned()))
+                .collect(),
+        }
+    }
+
+    pub fn status(&self) -> StatusResponse {
+        let ipam = self.ipam_status();
+        StatusResponse {
+            node_name: self.node.name.clone(),
+            cluster_name: self.node.cluster_name.clone(),
+            cluster_id: self.node.cluster_id,
+            node_ip: self.node.ip,
+            router_ip: self.node.router_ip,
+            health_ip: Some(self.node.health_ip),
+            endpoints: self.lock().endpoints.len(),
+            ipam,
+            kubernetes_synced: self.synced.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<EndpointModel> {
+        self.lock().endpoints.iter().map(EndpointRecord::model).collect()
+    }
+}

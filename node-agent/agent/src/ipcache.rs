@@ -1,0 +1,212 @@
+//! The ipcache the datapath should hold: every endpoint IP of the cluster with its identity
+//! and node, every node IP as `host` (this node) or `remote-node`, health IPs as `health`,
+//! and `world` for everything else.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use cilium_crds::{CiliumEndpoint, CiliumNode};
+use cilium_datapath::IpcacheEntry;
+use cilium_identity::ReservedIdentity;
+use ipnet::IpNet;
+
+use crate::endpoints::EndpointRecord;
+
+fn entry(identity: u32, node: Option<IpAddr>) -> IpcacheEntry {
+    IpcacheEntry {
+        identity,
+        tunnel_endpoint: match node {
+            Some(IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        },
+    }
+}
+
+fn reserved(identity: ReservedIdentity) -> IpcacheEntry {
+    entry(identity.id().0, None)
+}
+
+/// What the ipcache should hold. `local_node` names this node's CiliumNode; `local` are this
+/// node's endpoints, which win over what CiliumEndpoints say (those lag behind).
+pub fn desired<'a>(
+    local_node: &str,
+    local_node_ip: IpAddr,
+    nodes: impl IntoIterator<Item = &'a CiliumNode>,
+    endpoints: impl IntoIterator<Item = &'a CiliumEndpoint>,
+    local: impl IntoIterator<Item = &'a EndpointRecord>,
+) -> BTreeMap<IpNet, IpcacheEntry> {
+    let mut wanted = BTreeMap::new();
+    for world in ["0.0.0.0/0", "::/0"] {
+        if let Ok(prefix) = world.parse::<IpNet>() {
+            wanted.insert(prefix, reserved(ReservedIdentity::World));
+        }
+    }
+    for node in nodes {
+        let is_local = node.metadata.name.as_deref() == Some(local_node);
+        let identity = if is_local {
+            ReservedIdentity::Host
+        } else {
+            ReservedIdentity::RemoteNode
+        };
+        for address in node.spec.addresses.iter().flatten() {
+            if let Ok(ip) = address.ip.parse::<IpAddr>() {
+                wanted.insert(IpNet::from(ip), reserved(identity));
+            }
+        }
+        let health = node.spec.health.iter();
+        for ip in health.flat_map(|h| [h.ipv4.as_deref(), h.ipv6.as_deref()]) {
+            if let Some(Ok(ip)) = ip.map(str::parse::<IpAddr>) {
+                wanted.insert(IpNet::from(ip), reserved(ReservedIdentity::Health));
+            }
+        }
+    }
+    for cep in endpoints {
+        let Some(status) = cep.status.as_ref() else {
+            continue;
+        };
+        let (Some(identity), Some(networking)) = (status.identity.as_ref(), &status.networking)
+        else {
+            continue;
+        };
+        let Ok(identity) = u32::try_from(identity.id) else {
+            continue;
+        };
+        let node = networking.node.as_deref().and_then(|n| n.parse().ok());
+        if node == Some(local_node_ip) {
+            continue;
+        }
+        let ips = networking
+            .addressing
+            .iter()
+            .flat_map(|pair| [pair.ipv4.as_deref(), pair.ipv6.as_deref()])
+            .flatten()
+            .filter_map(|ip| ip.parse::<IpAddr>().ok());
+        for ip in ips {
+            wanted.insert(IpNet::from(ip), entry(identity, node));
+        }
+    }
+    for record in local {
+        wanted.insert(
+            IpNet::from(IpAddr::V4(record.ipv4)),
+            entry(record.identity, Some(local_node_ip)),
+        );
+    }
+    wanted
+}
+
+/// The writes that turn `current` into `wanted`: upserts (new or changed) and deletions.
+pub fn diff(
+    current: &BTreeMap<IpNet, IpcacheEntry>,
+    wanted: &BTreeMap<IpNet, IpcacheEntry>,
+) -> (Vec<(IpNet, IpcacheEntry)>, Vec<IpNet>) {
+    let upserts = wanted
+        .iter()
+        .filter(|(prefix, entry)| current.get(prefix) != Some(entry))
+        .map(|(prefix, entry)| (*prefix, *entry))
+        .collect();
+    let deletions = current
+        .keys()
+        .filter(|prefix| !wanted.contains_key(prefix))
+        .copied()
+        .collect();
+    (upserts, deletions)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use cilium_crds::endpoint::{AddressPair, EndpointIdentity, EndpointNetworking, EndpointStatus};
+    use cilium_crds::node::{HealthAddressing, NodeAddress, NodeSpec};
+
+    use super::*;
+
+    pub(crate) fn cilium_node(name: &str, internal: &str, router: &str, health: &str) -> CiliumNode {
+        let address = |type_: &str, ip: &str| NodeAddress {
+            type_: type_.into(),
+            ip: ip.into(),
+        };
+        CiliumNode::new(
+            name,
+            NodeSpec {
+                addresses: Some(vec![
+                    address("InternalIP", internal),
+                    address("CiliumInternalIP", router),
+                ]),
+                health: Some(HealthAddressing {
+                    ipv4: Some(health.into()),
+                    ipv6: None,
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn cep(name: &str, ip: &str, node: &str, identity: Option<i64>) -> CiliumEndpoint {
+        let mut cep = CiliumEndpoint::new(name, Default::default());
+        cep.status = Some(EndpointStatus {
+            identity: identity.map(|id| EndpointIdentity { id, labels: None }),
+            networking: Some(EndpointNetworking {
+                addressing: vec![AddressPair {
+                    ipv4: Some(ip.into()),
+                    ipv6: None,
+                }],
+                node: Some(node.into()),
+            }),
+            ..Default::default()
+        });
+        cep
+    }
+
+    fn net(text: &str) -> IpNet {
+        text.parse().expect("prefix")
+    }
+
+    #[test]
+    fn the_whole_cluster_with_reserved_identities() {
+        let nodes = [
+            cilium_node("n1", "192.168.60.11", "10.0.1.1", "10.0.1.2"),
+            cilium_node("n2", "192.168.60.12", "10.0.2.1", "10.0.2.2"),
+        ];
+        let ceps = [
+            cep("remote", "10.0.2.5", "192.168.60.12", Some(40_000)),
+            cep("pending", "10.0.2.6", "192.168.60.12", None),
+            cep("mine-but-stale", "10.0.1.9", "192.168.60.11", Some(41_000)),
+            cep("garbage", "not-an-ip", "192.168.60.12", Some(42_000)),
+        ];
+        let mut local = crate::endpoints::tests::record(3, "a", [10, 0, 1, 3]);
+        local.identity = 43_000;
+        let node_ip: IpAddr = "192.168.60.11".parse().expect("ip");
+        let wanted = desired("n1", node_ip, &nodes, &ceps, [&local]);
+        let identity = |p: &str| wanted.get(&net(p)).map(|e| e.identity);
+        assert_eq!(identity("0.0.0.0/0"), Some(2));
+        assert_eq!(identity("::/0"), Some(2));
+        assert_eq!(identity("192.168.60.11/32"), Some(1), "this node is host");
+        assert_eq!(identity("10.0.1.1/32"), Some(1), "so is its cilium_host");
+        assert_eq!(identity("192.168.60.12/32"), Some(6));
+        assert_eq!(identity("10.0.2.1/32"), Some(6));
+        assert_eq!(identity("10.0.2.2/32"), Some(4), "health");
+        assert_eq!(identity("10.0.2.5/32"), Some(40_000));
+        assert_eq!(
+            wanted.get(&net("10.0.2.5/32")).and_then(|e| e.tunnel_endpoint),
+            Some("192.168.60.12".parse().expect("ip")),
+            "the node it runs on"
+        );
+        assert_eq!(identity("10.0.2.6/32"), None, "no identity yet");
+        assert_eq!(identity("10.0.1.9/32"), None, "this node's own endpoints come from the agent");
+        assert_eq!(identity("10.0.1.3/32"), Some(43_000));
+        assert_eq!(wanted.len(), 10, "2 world, 3 per node, 1 remote and 1 local endpoint");
+    }
+
+    #[test]
+    fn diff_writes_only_changes() {
+        let a = entry(100, None);
+        let b = entry(200, None);
+        let current = BTreeMap::from([(net("10.0.0.1/32"), a), (net("10.0.0.2/32"), a)]);
+        let wanted = BTreeMap::from([(net("10.0.0.1/32"), a), (net("10.0.0.2/32"), b), (net("10.0.0.3/32"), a)]);
+        let (upserts, deletions) = diff(&current, &wanted);
+        assert_eq!(upserts, vec![(net("10.0.0.2/32"), b), (net("10.0.0.3/32"), a)]);
+        assert!(deletions.is_empty());
+        let (upserts, deletions) = diff(&wanted, &BTreeMap::new());
+        assert!(upserts.is_empty());
+        assert_eq!(deletions.len(), 3);
+    }
+}

@@ -1,0 +1,14 @@
+//! cilium-agent: one per node. It registers the node (CiliumNode, `cilium_host`), hands
+//! out pod addresses from the node's PodCIDRs, turns pods the CNI plugin wired into
+//! endpoints (datapath attached, CiliumEndpoint with the pod's identity, state on disk),
+//! keeps the ipcache and the routes to other nodes current, and serves the local API.
+
+pub mod agent;
+pub mod api;
+pub mod cep;
+pub mod endpoints;
+pub mod ipam;
+pub mod ipcache;
+pub mod node;
+pub mod routes;
+pub mod sync;

@@ -1,0 +1,127 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cilium_agent::agent::Agent;
+use cilium_agent::endpoints::StateDir;
+use cilium_agent::node::Registration;
+use cilium_agent::sync::{Caches, Reconciler};
+use cilium_crds::cache::Waker;
+use cilium_datapath::{Datapath, DatapathConfig};
+use cilium_identity::LabelFilter;
+use cilium_crds::cli::parse_duration;
+use clap::Parser;
+
+/// The cilium-rs node agent. Flags follow Cilium's agent where it has the same one.
+#[derive(Parser, Debug)]
+#[command(name = "cilium-agent", version)]
+struct Args {
+    /// This node's name (the Node object the kubelet registered).
+    #[arg(long = "k8s-node-name", env = "K8S_NODE_NAME")]
+    node_name: String,
+    #[arg(long, default_value = "default")]
+    cluster_name: String,
+    /// 0..=255 (0: not part of a mesh).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8))]
+    cluster_id: u8,
+    /// Where endpoint records are kept across restarts.
+    #[arg(long, default_value = "/var/run/cilium/state")]
+    state_dir: PathBuf,
+    /// bpffs mount the datapath pins its maps and programs under.
+    #[arg(long = "bpf-root", default_value = "/sys/fs/bpf")]
+    bpf_root: PathBuf,
+    /// Entries per endpoint policy map (256..=65536).
+    #[arg(long = "bpf-policy-map-max", default_value_t = 16384)]
+    policy_map_max: u32,
+    /// The local API's unix socket.
+    #[arg(long = "socket-path", default_value = cilium_agent_api::DEFAULT_SOCKET_PATH)]
+    socket_path: PathBuf,
+    /// A kubeconfig; without it, the in-cluster config (or $KUBECONFIG).
+    #[arg(long = "k8s-kubeconfig-path", alias = "kubeconfig")]
+    kubeconfig: Option<PathBuf>,
+    /// Identity-relevant label patterns (as the operator's `--labels`).
+    #[arg(long = "labels", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// How often expired connection-tracking entries are removed.
+    #[arg(long = "conntrack-gc-interval", default_value = "60s", value_parser = parse_duration)]
+    ct_gc_interval: Duration,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cilium-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    // Every flag is checked before anything is touched.
+    let filter = LabelFilter::new(&args.labels).context("--labels")?;
+    let datapath_config = DatapathConfig {
+        bpffs_root: args.bpf_root.clone(),
+        policy_map_max: args.policy_map_max,
+        ..Default::default()
+    };
+    let store = StateDir::open(&args.state_dir)?;
+    let client = cilium_crds::cli::client(args.kubeconfig.as_deref()).await?;
+
+    let mut datapath = Datapath::open(&datapath_config).context("opening the datapath")?;
+    let taken = datapath.reattach_pinned().context("taking over pinned programs")?;
+    tracing::info!(taken, pins = %datapath.pin_dir().display(), "datapath ready");
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
+
+    let node = Registration {
+        client: &client,
+        node_name: &args.node_name,
+        cluster_name: &args.cluster_name,
+        cluster_id: args.cluster_id,
+    }
+    .run()
+    .await?;
+
+    let changed = Waker::default();
+    let agent = Arc::new(Agent::new(node, datapath, store, changed.clone())?);
+    let restored = agent.restore()?;
+    tracing::info!(restored, "endpoints restored");
+
+    let listener = cilium_agent::api::listen(&args.socket_path)
+        .with_context(|| format!("listening on {}", args.socket_path.display()))?;
+    tracing::info!(socket = %args.socket_path.display(), "API listening");
+    let caches = Caches::start(&client, &args.node_name, &changed);
+    let reconciler = Reconciler {
+        client,
+        agent: agent.clone(),
+        caches,
+        changed,
+        filter,
+        ct_gc_interval: args.ct_gc_interval,
+    };
+    tokio::select! {
+        served = cilium_agent::api::serve(listener, agent) => served.context("API server")?,
+        reconciled = reconciler.run() => reconciled?,
+        _ = shutdown_signal() => tracing::info!("shutting down; endpoints stay enforced by the pinned datapath"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

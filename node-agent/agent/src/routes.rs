@@ -1,0 +1,92 @@
+//! Direct routing: a route to every other node's PodCIDRs via that node's InternalIP.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use cilium_crds::CiliumNode;
+use cilium_netdev::Route;
+use ipnet::IpNet;
+
+/// The node's address of type `kind` (`InternalIP`, `CiliumInternalIP`, ...) in `family`
+/// (v4 when `v6` is false).
+pub fn node_address(node: &CiliumNode, kind: &str, v6: bool) -> Option<IpAddr> {
+    node.spec
+        .addresses
+        .iter()
+        .flatten()
+        .filter(|a| a.type_ == kind)
+        .filter_map(|a| a.ip.parse::<IpAddr>().ok())
+        .find(|ip| ip.is_ipv6() == v6)
+}
+
+/// Routes this node needs to reach the pods of the others: each PodCIDR of another node via
+/// its InternalIP of the same family. Blocks that overlap this node's own are left out (the
+/// operator never hands out such; a bad object must not steal local traffic).
+pub fn desired<'a>(
+    local_node: &str,
+    local_cidrs: &[IpNet],
+    nodes: impl IntoIterator<Item = &'a CiliumNode>,
+) -> BTreeSet<Route> {
+    let mut routes = BTreeSet::new();
+    for node in nodes {
+        if node.metadata.name.as_deref() == Some(local_node) {
+            continue;
+        }
+        let cidrs = node.spec.ipam.as_ref().and_then(|i| i.pod_cidrs.as_ref());
+        for cidr in cidrs.into_iter().flatten() {
+            let Ok(cidr) = cidr.parse::<IpNet>() else {
+                continue;
+            };
+            let cidr = cidr.trunc();
+            let overlaps = local_cidrs
+                .iter()
+                .any(|own| own.contains(&cidr) || cidr.contains(own));
+            let via = node_address(node, "InternalIP", matches!(cidr, IpNet::V6(_)));
+            if let (false, Some(gateway)) = (overlaps, via) {
+                routes.insert(Route {
+                    destination: cidr,
+                    gateway: Some(gateway),
+                    device: None,
+                });
+            }
+        }
+    }
+    routes
+}
+
+#[cfg(test)]
+mod tests {
+    use cilium_crds::node::IpamSpec;
+
+    use super::*;
+    use crate::ipcache::tests::cilium_node;
+
+    fn with_cidrs(mut node: CiliumNode, cidrs: &[&str]) -> CiliumNode {
+        node.spec.ipam = Some(IpamSpec {
+            pod_cidrs: Some(cidrs.iter().map(|c| (*c).to_owned()).collect()),
+            pool: None,
+        });
+        node
+    }
+
+    #[test]
+    fn a_route_per_other_nodes_block_via_its_internal_ip() {
+        let nodes = [
+            with_cidrs(cilium_node("n1", "192.168.60.11", "10.0.1.1", "10.0.1.2"), &["10.0.1.0/24"]),
+            with_cidrs(
+                cilium_node("n2", "192.168.60.12", "10.0.2.1", "10.0.2.2"),
+                &["10.0.2.0/24", "fd00:2::/120", "bogus"],
+            ),
+            with_cidrs(cilium_node("n3", "192.168.60.13", "10.0.3.1", "10.0.3.2"), &["10.0.1.128/25"]),
+            cilium_node("n4", "192.168.60.14", "10.0.4.1", "10.0.4.2"),
+        ];
+        let local: Vec<IpNet> = vec!["10.0.1.0/24".parse().expect("cidr")];
+        let routes = desired("n1", &local, &nodes);
+        let expected = Route {
+            destination: "10.0.2.0/24".parse().expect("cidr"),
+            gateway: Some("192.168.60.12".parse().expect("ip")),
+            device: None,
+        };
+        assert_eq!(routes.into_iter().collect::<Vec<_>>(), vec![expected]);
+    }
+}

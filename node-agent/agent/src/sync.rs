@@ -1,0 +1,305 @@
+//! The reconciler: keeps what the cluster and the kernel show in line with the node's
+//! endpoints. Each pass resolves endpoint identities, writes CiliumEndpoints, syncs the
+//! ipcache and the routes to other nodes, and reports IPAM use on the CiliumNode; it runs
+//! on every change of the caches or the endpoints, and on a period to retry failures.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cilium_crds::cache::{Waker, reflect};
+use cilium_crds::pod_identity::{parse_identity, pod_identity_labels};
+use cilium_crds::{CiliumEndpoint, CiliumIdentity, CiliumNode};
+use cilium_identity::{LabelFilter, LabelSet};
+use cilium_netdev::Netlink;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::agent::Agent;
+use crate::endpoints::EndpointRecord;
+use crate::{cep, ipcache, routes};
+
+const RESYNC_PERIOD: Duration = Duration::from_secs(10);
+
+/// The objects the agent reads: its own node's pods, and the cluster's namespaces,
+/// identities, CiliumNodes and CiliumEndpoints.
+#[derive(Clone)]
+pub struct Caches {
+    pub pods: Store<Pod>,
+    pub namespaces: Store<Namespace>,
+    pub identities: Store<CiliumIdentity>,
+    pub nodes: Store<CiliumNode>,
+    pub endpoints: Store<CiliumEndpoint>,
+}
+
+impl Caches {
+    pub fn start(client: &Client, node_name: &str, changed: &Waker) -> Self {
+        let all = || watcher::Config::default();
+        let wake = || vec![changed.clone()];
+        let local_pods = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+        Self {
+            pods: reflect(Api::all(client.clone()), local_pods, wake()),
+            namespaces: reflect(Api::all(client.clone()), all(), wake()),
+            identities: reflect(Api::all(client.clone()), all(), wake()),
+            nodes: reflect(Api::all(client.clone()), all(), wake()),
+            endpoints: reflect(Api::all(client.clone()), all(), wake()),
+        }
+    }
+
+    pub async fn ready(&self) -> Result<(), kube::runtime::reflector::store::WriterDropped> {
+        self.pods.wait_until_ready().await?;
+        self.namespaces.wait_until_ready().await?;
+        self.identities.wait_until_ready().await?;
+        self.nodes.wait_until_ready().await?;
+        self.endpoints.wait_until_ready().await
+    }
+}
+
+/// Label set → identity number, from the CiliumIdentities the operator wrote.
+pub fn identity_index(identities: &[Arc<CiliumIdentity>]) -> BTreeMap<LabelSet, u32> {
+    identities
+        .iter()
+        .filter_map(|cid| parse_identity(cid).ok())
+        .map(|(id, labels)| (labels, id.0))
+        .collect()
+}
+
+pub struct Reconciler {
+    pub client: Client,
+    pub agent: Arc<Agent>,
+    pub caches: Caches,
+    pub changed: Waker,
+    pub filter: LabelFilter,
+    pub ct_gc_interval: Duration,
+}
+
+impl Reconciler {
+    pub async fn run(self) -> anyhow::Result<()> {
+        self.caches.ready().await?;
+        self.agent.set_synced();
+        tracing::info!("caches synced");
+        let netlink = Netlink::connect()?;
+        let mut next_gc = Instant::now() + self.ct_gc_interval;
+        loop {
+            self.pass(&netlink).await;
+            if Instant::now() >= next_gc {
+                match self.agent.ct_gc() {
+                    Ok(removed) => tracing::debug!(removed, "connection tracking GC"),
+                    Err(e) => tracing::warn!(error = %e, "connection tracking GC failed"),
+                }
+                next_gc = Instant::now() + self.ct_gc_interval;
+            }
+            tokio::select! {
+                _ = self.changed.woken() => {}
+                _ = tokio::time::sleep(RESYNC_PERIOD) => {}
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn pass(&self, netlink: &Netlink) {
+        self.resolve_identities();
+        if let Err(e) = self.sync_endpoints().await {
+            tracing::warn!(error = %e, "CiliumEndpoint sync failed; retrying");
+        }
+        let node = self.agent.node();
+        let nodes = self.caches.nodes.state();
+        let ceps = self.caches.endpoints.state();
+        let synced = self.agent.sync_ipcache(|local| {
+            ipcache::desired(
+                &node.name,
+                node.ip,
+                nodes.iter().map(Arc::as_ref),
+                ceps.iter().map(Arc::as_ref),
+                local,
+            )
+        });
+        match synced {
+            Ok(0) => {}
+            Ok(writes) => tracing::debug!(writes, "ipcache updated"),
+            Err(e) => tracing::warn!(error = %e, "ipcache sync failed"),
+        }
+        if let Err(e) = self.sync_routes(netlink, &nodes).await {
+            tracing::warn!(error = %e, "route sync failed");
+        }
+        if let Err(e) = self.report_ipam(&nodes).await {
+            tracing::warn!(error = %e, "reporting IPAM use failed");
+        }
+    }
+
+    /// Each endpoint's identity from its pod's labels; `init` while the pod or its identity
+    /// is not known yet.
+    fn resolve_identities(&self) {
+        let index = identity_index(&self.caches.identities.state());
+        let node = self.agent.node();
+        for record in self.agent.records() {
+            let pod = self
+                .caches
+                .pods
+                .get(&ObjectRef::new(&record.k8s_pod_name).within(&record.k8s_namespace));
+            let Some(pod) = pod else {
+                continue;
+            };
+            let namespace = self
+                .caches
+                .namespaces
+                .get(&ObjectRef::new(&record.k8s_namespace));
+            let labels = pod_identity_labels(
+                &pod,
+                namespace.as_ref().and_then(|ns| ns.metadata.labels.as_ref()),
+                &node.cluster_name,
+                &self.filter,
+            );
+            let Some(identity) = index.get(&labels) else {
+                continue;
+            };
+            let texts = labels.iter().map(ToString::to_string).collect();
+            if let Err(e) = self.agent.set_identity(record.id, *identity, texts) {
+                tracing::warn!(id = record.id, error = %e, "updating the endpoint's identity failed");
+            }
+        }
+    }
+
+    /// A CiliumEndpoint per endpoint with the current status; those of this node without an
+    /// endpoint are deleted.
+    async fn sync_endpoints(&self) -> Result<(), kube::Error> {
+        let node_ip = self.agent.node().ip;
+        let records = self.agent.records();
+        for record in &records {
+            self.sync_endpoint(record).await?;
+        }
+        for cep in self.caches.endpoints.state() {
+            if !cep::is_on_node(&cep, node_ip) {
+                continue;
+            }
+            let namespace = cep.namespace().unwrap_or_default();
+            let name = cep.name_any();
+            let ours = records
+                .iter()
+                .any(|r| r.k8s_namespace == namespace && r.k8s_pod_name == name);
+            if !ours {
+                let api: Api<CiliumEndpoint> = Api::namespaced(self.client.clone(), &namespace);
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => tracing::info!(%namespace, %name, "deleted CiliumEndpoint of a removed endpoint"),
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync_endpoint(&self, record: &EndpointRecord) -> Result<(), kube::Error> {
+        let status = cep::status(record, self.agent.node().ip);
+        let api: Api<CiliumEndpoint> = Api::namespaced(self.client.clone(), &record.k8s_namespace);
+        let existing = self
+            .caches
+            .endpoints
+            .get(&ObjectRef::new(&record.k8s_pod_name).within(&record.k8s_namespace));
+        match existing {
+            Some(existing) if existing.status.as_ref() == Some(&status) => Ok(()),
+            Some(_) => {
+                // The CRD has no status subresource: the status is part of the object.
+                let patch = json!({ "status": status });
+                api.patch(&record.k8s_pod_name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(drop)
+            }
+            None => {
+                let pod_uid = self
+                    .caches
+                    .pods
+                    .get(&ObjectRef::new(&record.k8s_pod_name).within(&record.k8s_namespace))
+                    .and_then(|p| p.uid());
+                let object = cep::object(record, pod_uid.as_deref(), status);
+                match api.create(&PostParams::default(), &object).await {
+                    Ok(_) => {
+                        tracing::info!(id = record.id, pod = %record.ipam_owner(), "created CiliumEndpoint");
+                        Ok(())
+                    }
+                    // Created by an earlier pass the cache has not shown yet.
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    async fn sync_routes(
+        &self,
+        netlink: &Netlink,
+        nodes: &[Arc<CiliumNode>],
+    ) -> Result<(), cilium_netdev::Error> {
+        let node = self.agent.node();
+        let wanted = routes::desired(&node.name, &node.cidrs(), nodes.iter().map(Arc::as_ref));
+        let current = netlink.owned_routes().await?;
+        for route in current.iter().filter(|r| !wanted.contains(r)) {
+            netlink.delete_route(route, true).await?;
+            tracing::info!(destination = %route.destination, "removed route");
+        }
+        for route in wanted.iter().filter(|r| !current.contains(r)) {
+            netlink.replace_route(route, true).await?;
+            tracing::info!(destination = %route.destination, gateway = ?route.gateway, "added route");
+        }
+        Ok(())
+    }
+
+    /// `status.ipam.used` of the node's CiliumNode: address → owner, as Cilium reports it.
+    async fn report_ipam(&self, nodes: &[Arc<CiliumNode>]) -> Result<(), kube::Error> {
+        let node = self.agent.node();
+        let used: BTreeMap<String, serde_json::Value> = self
+            .agent
+            .ipam_status()
+            .allocations
+            .into_iter()
+            .map(|(ip, owner)| (ip.to_string(), json!({ "owner": owner })))
+            .collect();
+        let current = nodes
+            .iter()
+            .find(|cn| cn.name_any() == node.name)
+            .and_then(|cn| cn.status.as_ref())
+            .and_then(|s| s.ipam.as_ref())
+            .and_then(|i| i.used.as_ref())
+            .map(|u| {
+                u.iter()
+                    .map(|(ip, a)| (ip.clone(), json!({ "owner": a.owner })))
+                    .collect::<BTreeMap<_, _>>()
+            })
+            .unwrap_or_default();
+        if current == used {
+            return Ok(());
+        }
+        let api: Api<CiliumNode> = Api::all(self.client.clone());
+        // A merge patch merges maps: released addresses are removed with explicit nulls.
+        let mut patch_used: serde_json::Map<String, serde_json::Value> =
+            current.keys().map(|ip| (ip.clone(), serde_json::Value::Null)).collect();
+        patch_used.extend(used);
+        let patch = json!({ "status": { "ipam": { "used": patch_used } } });
+        api.patch_status(&node.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cilium_crds::pod_identity::identity_object;
+    use cilium_identity::{Label, NumericIdentity};
+
+    use super::*;
+
+    #[test]
+    fn the_index_maps_label_sets_to_numbers_and_skips_bad_objects() {
+        let labels: LabelSet = [Label::k8s("app", "db")].into_iter().collect();
+        let good = Arc::new(identity_object(NumericIdentity(31_000), &labels));
+        let mut bad = identity_object(NumericIdentity(31_001), &labels);
+        bad.metadata.name = Some("not-a-number".into());
+        let index = identity_index(&[good, Arc::new(bad)]);
+        assert_eq!(index.get(&labels), Some(&31_000));
+        assert_eq!(index.len(), 1);
+    }
+}
