@@ -7,11 +7,13 @@
 
 mod apiserver;
 mod bed;
+pub mod cluster;
 mod etcd;
 pub mod netns;
 pub mod operator;
 pub mod pki;
 pub mod process;
+pub mod traffic;
 
 pub use apiserver::ApiServer;
 pub use bed::{ClusterBed, unique_name};

@@ -5,8 +5,7 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     process::Command,
     sync::{
         Arc,
@@ -20,13 +19,13 @@ use cilium_datapath::{
     PolicyKey, PolicyMap, Verdict, VerdictEvent, abi, policy::PROTO_ICMP, policy::PROTO_TCP,
 };
 use e2e::netns::{self, NetNs, Pod, ScratchBpffs};
+use e2e::traffic::{self, echoes};
 use ipnet::IpNet;
 
 const EMPLOYEE: u32 = 1000;
 const STRANGER: u32 = 1001;
 const DB: u32 = 1002;
 const REDIS: u16 = 6379;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The datapath configuration of the tests: pins in `pins`, a 2-second non-TCP lifetime.
 fn datapath_config(pins: &ScratchBpffs) -> DatapathConfig {
@@ -112,56 +111,16 @@ fn key(identity: u32, direction: Direction, l4: L4Match) -> PolicyKey {
     }
 }
 
-/// A TCP echo server in `pod` on `port`, one thread per connection, for the test's life.
 fn serve(pod: &Pod, port: u16) {
-    // `::` takes IPv4 too (bindv6only is off by default).
-    let listener = pod
-        .ns
-        .run(|| TcpListener::bind(("::", port)))
-        .expect("run")
-        .expect("bind");
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(match stream.try_clone() {
-                    Ok(s) => s,
-                    Err(_) => return,
-                });
-                let mut writer = stream;
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                    if writer.write_all(line.as_bytes()).is_err() {
-                        return;
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
+    traffic::serve_echo(&pod.ns, port);
 }
 
 fn connect(from: &Pod, to: impl Into<std::net::IpAddr>, port: u16) -> std::io::Result<TcpStream> {
-    let target = SocketAddr::from((to.into(), port));
-    from.ns
-        .run(|| TcpStream::connect_timeout(&target, CONNECT_TIMEOUT))
-        .expect("run in pod")
-}
-
-/// Whether a line sent on `stream` comes back within a second.
-fn echoes(stream: &mut TcpStream) -> bool {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .expect("timeout");
-    if stream.write_all(b"hello\n").is_err() {
-        return false;
-    }
-    let mut line = String::new();
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    reader.read_line(&mut line).is_ok() && line == "hello\n"
+    traffic::connect(&from.ns, to, port)
 }
 
 fn reaches(from: &Pod, to: &Pod, port: u16) -> bool {
-    connect(from, to.ip, port).is_ok_and(|mut s| echoes(&mut s))
+    traffic::reaches(&from.ns, to.ip, port)
 }
 
 fn drops(events: &[VerdictEvent], endpoint_id: u16, reason: u8) -> Vec<&VerdictEvent> {

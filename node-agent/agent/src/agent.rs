@@ -52,9 +52,9 @@ pub enum AgentError {
     Conflict(String),
     #[error(transparent)]
     Ipam(#[from] IpamError),
-    #[error("datapath: {0}")]
+    #[error(transparent)]
     Datapath(#[from] cilium_datapath::Error),
-    #[error("endpoint state: {0}")]
+    #[error(transparent)]
     State(#[from] StateError),
 }
 

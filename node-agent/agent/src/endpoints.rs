@@ -128,11 +128,11 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("{what} {}: {source}", path.display())]
+    #[error("{what} {}: {cause}", path.display())]
     Io {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -154,10 +154,10 @@ pub struct Loaded {
 impl StateDir {
     pub fn open(root: &Path) -> Result<Self, StateError> {
         let endpoints = root.join("endpoints");
-        std::fs::create_dir_all(&endpoints).map_err(|source| StateError::Io {
+        std::fs::create_dir_all(&endpoints).map_err(|cause| StateError::Io {
             what: "creating",
             path: endpoints.clone(),
-            source,
+            cause,
         })?;
         Ok(Self { endpoints })
     }
@@ -171,17 +171,17 @@ impl StateDir {
         let temporary = path.with_extension("json.tmp");
         let io = |what| {
             let path = temporary.clone();
-            move |source| StateError::Io { what, path, source }
+            move |cause| StateError::Io { what, path, cause }
         };
         let bytes = serde_json::to_vec_pretty(record)
             .map_err(|e| io("encoding")(std::io::Error::other(e)))?;
         let mut file = std::fs::File::create(&temporary).map_err(io("creating"))?;
         file.write_all(&bytes).map_err(io("writing"))?;
         file.sync_all().map_err(io("syncing"))?;
-        std::fs::rename(&temporary, &path).map_err(|source| StateError::Io {
+        std::fs::rename(&temporary, &path).map_err(|cause| StateError::Io {
             what: "renaming into",
             path,
-            source,
+            cause,
         })
     }
 
@@ -191,17 +191,17 @@ impl StateDir {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::Io {
                 what: "removing",
                 path,
-                source: e,
+                cause: e,
             }),
             _ => Ok(()),
         }
     }
 
     pub fn load(&self) -> Result<Loaded, StateError> {
-        let entries = std::fs::read_dir(&self.endpoints).map_err(|source| StateError::Io {
+        let entries = std::fs::read_dir(&self.endpoints).map_err(|cause| StateError::Io {
             what: "reading",
             path: self.endpoints.clone(),
-            source,
+            cause,
         })?;
         let mut loaded = Loaded::default();
         for entry in entries.flatten() {

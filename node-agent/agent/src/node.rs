@@ -18,8 +18,9 @@ use serde_json::json;
 
 use crate::agent::LocalNode;
 
-/// The device holding the router address (Cilium's name).
+/// The device holding the router address and its veth peer (Cilium's names).
 pub const HOST_DEVICE: &str = "cilium_host";
+pub const HOST_PEER: &str = "cilium_net";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
@@ -29,11 +30,11 @@ pub enum RegisterError {
     NoIpv4Cidr { node: String, cidrs: Vec<String> },
     #[error("PodCIDR {0} is too small for the router and health addresses")]
     CidrTooSmall(Ipv4Net),
-    #[error("kubernetes: {0}")]
+    #[error(transparent)]
     Kube(#[from] kube::Error),
-    #[error("waiting for PodCIDRs: {0}")]
+    #[error(transparent)]
     Wait(#[from] kube::runtime::wait::Error),
-    #[error("cilium_host: {0}")]
+    #[error(transparent)]
     Netdev(#[from] cilium_netdev::Error),
 }
 
@@ -104,7 +105,7 @@ impl Registration<'_> {
             })?;
 
         let netlink = Netlink::connect()?;
-        let host = netlink.ensure_dummy(HOST_DEVICE).await?;
+        let host = netlink.ensure_veth_pair(HOST_DEVICE, HOST_PEER).await?;
         netlink
             .ensure_address(host.index, IpNet::from(IpAddr::V4(router_ip)))
             .await?;

@@ -16,10 +16,10 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach cilium-agent at {}: {source} (is the agent running?)", path.display())]
+    #[error("cannot reach cilium-agent at {}: {cause} (is the agent running?)", path.display())]
     Unreachable {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The agent answered with an error status.
     #[error("cilium-agent: {message} (HTTP {status})")]
@@ -128,9 +128,9 @@ impl Client {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
-                .map_err(|source| ClientError::Unreachable {
+                .map_err(|cause| ClientError::Unreachable {
                     path: self.socket.clone(),
-                    source,
+                    cause,
                 })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await

@@ -107,9 +107,8 @@ async fn wire(
         .await
         .map_err(|e| netdev_error("routing to the gateway", e))?;
     let default = Route {
-        destination: IpNet::from(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
-            .supernet()
-            .unwrap_or(IpNet::V4(ipnet::Ipv4Net::default())),
+        // 0.0.0.0/0
+        destination: IpNet::V4(ipnet::Ipv4Net::default()),
         gateway: Some(IpAddr::V4(allocation.gateway)),
         device: Some(inner.index),
     };

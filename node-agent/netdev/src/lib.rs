@@ -18,7 +18,7 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
-use rtnetlink::{Handle, LinkDummy, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// The route protocol of the routes the agent owns (`ip route show proto 193`), so it can
 /// tell them from the routes others made and remove only its own.
@@ -30,15 +30,17 @@ const ESRCH: i32 = nix::libc::ESRCH;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{what}: {source}")]
+    // The causes are part of the message, not `source()`s, so a printed chain of
+    // errors names each of them once.
+    #[error("{what}: {cause}")]
     Netlink {
         what: String,
-        source: rtnetlink::Error,
+        cause: rtnetlink::Error,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Io {
         what: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("no network device named {0:?}")]
     NoSuchLink(String),
@@ -47,14 +49,14 @@ pub enum Error {
 impl Error {
     fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Self {
         let what = what.into();
-        move |source| Error::Netlink { what, source }
+        move |cause| Error::Netlink { what, cause }
     }
 
     /// The errno the kernel answered with, if this is a kernel refusal.
     fn errno(&self) -> Option<i32> {
         match self {
             Error::Netlink {
-                source: rtnetlink::Error::NetlinkError(message),
+                cause: rtnetlink::Error::NetlinkError(message),
                 ..
             } => Some(-message.raw_code()),
             _ => None,
@@ -84,9 +86,9 @@ pub struct Netlink {
 impl Netlink {
     /// A connection to the calling thread's network namespace. Needs a tokio runtime.
     pub fn connect() -> Result<Self, Error> {
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(|source| Error::Io {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(|cause| Error::Io {
             what: "opening a netlink socket".into(),
-            source,
+            cause,
         })?;
         tokio::spawn(connection);
         Ok(Self { handle })
@@ -97,16 +99,16 @@ impl Netlink {
     /// namespace; a netlink socket stays in the namespace it was opened in.
     pub fn connect_in(path: &Path) -> Result<Self, Error> {
         let runtime = tokio::runtime::Handle::current();
-        let namespace = File::open(path).map_err(|source| Error::Io {
+        let namespace = File::open(path).map_err(|cause| Error::Io {
             what: format!("opening network namespace {}", path.display()),
-            source,
+            cause,
         })?;
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
                     setns(&namespace, CloneFlags::CLONE_NEWNET).map_err(|e| Error::Io {
                         what: format!("entering network namespace {}", path.display()),
-                        source: e.into(),
+                        cause: e.into(),
                     })?;
                     let _runtime = runtime.enter();
                     Self::connect()
@@ -115,7 +117,7 @@ impl Netlink {
                 .unwrap_or_else(|_| {
                     Err(Error::Io {
                         what: "the thread opening the netlink socket panicked".into(),
-                        source: std::io::Error::other("panic"),
+                        cause: std::io::Error::other("panic"),
                     })
                 })
         })
@@ -174,31 +176,28 @@ impl Netlink {
             .map_err(Error::netlink(format!("creating veth {name}/{peer}")))
     }
 
-    /// Creates a dummy device `name` unless it exists, and sets it up.
-    pub async fn ensure_dummy(&self, name: &str) -> Result<Link, Error> {
+    /// Creates the veth pair `name` ↔ `peer` unless `name` exists, and sets both up (as
+    /// Cilium's `cilium_host`/`cilium_net`; a veth needs no kernel module beyond veth).
+    pub async fn ensure_veth_pair(&self, name: &str, peer: &str) -> Result<Link, Error> {
         if self.link(name).await?.is_none() {
-            let added = self
-                .handle
-                .link()
-                .add(LinkDummy::new(name).build())
-                .execute()
-                .await
-                .map_err(Error::netlink(format!("creating dummy device {name}")));
-            match added {
+            match self.create_veth(name, peer).await {
                 Err(e) if e.errno() == Some(EEXIST) => {}
                 other => other?,
             }
         }
         let link = self.require_link(name).await?;
         self.set_up(link.index).await?;
+        if let Some(other) = self.link(peer).await? {
+            self.set_up(other.index).await?;
+        }
         Ok(link)
     }
 
     /// Moves the device `index` into the network namespace at `path`.
     pub async fn move_to_namespace(&self, index: u32, path: &Path) -> Result<(), Error> {
-        let namespace = File::open(path).map_err(|source| Error::Io {
+        let namespace = File::open(path).map_err(|cause| Error::Io {
             what: format!("opening network namespace {}", path.display()),
-            source,
+            cause,
         })?;
         self.handle
             .link()

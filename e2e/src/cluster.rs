@@ -1,0 +1,427 @@
+//! cluster-in-a-box with nodes: the bed (etcd + kube-apiserver), the operator, and "nodes"
+//! — network namespaces on one shared link, each running a real `cilium-agent` (entered
+//! with `nsenter --net`, so it keeps the host's /sys/fs/bpf) — and pods created as a
+//! container runtime does: a Pod object, a fresh network namespace, `cilium-cni ADD`.
+//!
+//! The agents reach the apiserver at the same `https://127.0.0.1:<port>` as the tests: a
+//! relay listens on the node namespace's loopback and forwards to the host's, as a node-local
+//! apiserver proxy would.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::netns::{self, NetNs, ScratchBpffs};
+use crate::operator::{FAST_LEASE, OperatorProcess, built_binary};
+use crate::process::{Supervised, wait_until};
+use crate::{ClusterBed, Error};
+
+/// The pools the operator hands PodCIDRs out of.
+pub const POD_POOL_V4: &str = "10.210.0.0/16";
+/// The shared link's prefix; node `i` (from 0) is `.11 + i`.
+pub const LAN_PREFIX: [u8; 3] = [192, 168, 60];
+
+/// The namespace holding the bridge every node is plugged into.
+pub struct Lan {
+    ns: NetNs,
+}
+
+const BRIDGE: &str = "br0";
+
+impl Lan {
+    pub fn new() -> Result<Self, Error> {
+        let ns = NetNs::new("lan")?;
+        ns.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+        ns.ip(&["link", "set", BRIDGE, "up"])?;
+        Ok(Self { ns })
+    }
+
+    /// Plugs `node` in: its `eth0` with `ip/24`, the other end in the bridge.
+    pub fn plug(&self, node: &NetNs, port: &str, ip: Ipv4Addr) -> Result<(), Error> {
+        self.ns.ip(&[
+            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", node.name(),
+        ])?;
+        self.ns.ip(&["link", "set", port, "master", BRIDGE, "up"])?;
+        node.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        node.ip(&["link", "set", "eth0", "up"])
+    }
+}
+
+/// Forwards TCP connections to `127.0.0.1:<port>` inside a node namespace to the same
+/// address in the host's, until dropped.
+pub struct Relay {
+    stop: Arc<AtomicBool>,
+}
+
+impl Relay {
+    pub fn start(node: &NetNs, port: u16) -> Result<Self, Error> {
+        let listener = node
+            .run(|| TcpListener::bind(("127.0.0.1", port)))?
+            .map_err(|e| Error::io(format!("relay listen in {}", node.name()), e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("relay nonblocking", e))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((inside, _)) => {
+                        let _ = inside.set_nonblocking(false);
+                        if let Ok(outside) = TcpStream::connect(("127.0.0.1", port)) {
+                            pipe(inside, outside);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Ok(Self { stop })
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Copies both ways between two streams on two threads.
+fn pipe(a: TcpStream, b: TcpStream) {
+    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
+    let copy = |mut from: TcpStream, mut to: TcpStream| {
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 16 * 1024];
+            loop {
+                match from.read(&mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if to.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = to.shutdown(Shutdown::Write);
+        });
+    };
+    copy(a, b2);
+    copy(b, a2);
+}
+
+/// One node: its namespace on the LAN, a Node object, and its agent.
+pub struct AgentNode {
+    pub name: String,
+    pub ns: NetNs,
+    pub ip: Ipv4Addr,
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    bpffs: ScratchBpffs,
+    agent: Option<Supervised>,
+    starts: u32,
+    _relay: Relay,
+}
+
+impl AgentNode {
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("cilium.sock")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn bpffs_root(&self) -> &Path {
+        self.bpffs.path()
+    }
+
+    /// The network configuration a runtime passes to `cilium-cni` on this node.
+    pub fn net_conf(&self) -> String {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "cilium",
+            "type": "cilium-cni",
+            "socket-path": self.socket(),
+        })
+        .to_string()
+    }
+
+    /// Starts the agent and waits until its API answers.
+    pub fn start_agent(&mut self) -> Result<(), Error> {
+        self.starts += 1;
+        let mut command = self.ns.command(
+            built_binary("cilium-agent")?
+                .to_str()
+                .ok_or_else(|| Error::Setup("binary path is not UTF-8".into()))?,
+        );
+        command
+            .arg(format!("--k8s-node-name={}", self.name))
+            .arg(format!("--k8s-kubeconfig-path={}", self.kubeconfig.display()))
+            .arg(format!("--state-dir={}", self.state_dir().display()))
+            .arg(format!("--bpf-root={}", self.bpffs.path().display()))
+            .arg(format!("--socket-path={}", self.socket().display()))
+            .env("RUST_LOG", "info");
+        let log = self.dir.join(format!("agent-{}.log", self.starts));
+        let mut agent = Supervised::spawn("cilium-agent", command, &log)?;
+        let socket = self.socket();
+        wait_until("the agent's API", Duration::from_secs(60), &mut agent, || {
+            agent_get(&socket, "/v1/healthz").is_some_and(|(status, _)| status == 200)
+        })?;
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    /// Kills the agent with SIGKILL (no chance to clean up), as a crash would.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            agent.signal(libc::SIGKILL);
+            agent.stop();
+        }
+    }
+
+    pub fn agent_log(&self) -> String {
+        self.agent
+            .as_ref()
+            .map(|a| a.log_tail(40))
+            .unwrap_or_default()
+    }
+
+    /// `cilium-cni` in this node's namespace with the `CNI_*` variables of `env` and `stdin`.
+    pub fn cni(&self, env: &[(&str, &str)], stdin: &str) -> Result<Output, Error> {
+        let binary = built_binary("cilium-cni")?;
+        let mut command = self.ns.command(
+            binary
+                .to_str()
+                .ok_or_else(|| Error::Setup("binary path is not UTF-8".into()))?,
+        );
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|e| Error::io("run cilium-cni", e))?;
+        if let Some(mut pipe) = child.stdin.take() {
+            let _ = pipe.write_all(stdin.as_bytes());
+        }
+        child
+            .wait_with_output()
+            .map_err(|e| Error::io("wait for cilium-cni", e))
+    }
+
+    /// A pod as a runtime makes one: the Pod object bound to this node, a new network
+    /// namespace, and `cilium-cni ADD`. Fails with the plugin's output if ADD fails.
+    pub fn add_pod(
+        &self,
+        bed: &ClusterBed,
+        namespace: &str,
+        name: &str,
+        labels: &BTreeMap<&str, &str>,
+    ) -> Result<CniPod, Error> {
+        let pod = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {
+                "nodeName": self.name,
+                "containers": [{"name": "main", "image": "registry.invalid/pause:3.9"}],
+            },
+        });
+        bed.kubectl_run(&["apply", "-f", "-"], Some(&pod.to_string()))?;
+        let ns = NetNs::new("pod")?;
+        let container_id = format!("{}-{name}", ns.name());
+        let env = cni_env("ADD", &container_id, &ns, namespace, name);
+        let output = self.cni(&as_pairs(&env), &self.net_conf())?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            return Err(Error::Command {
+                command: format!("cilium-cni ADD {namespace}/{name}"),
+                stderr: format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)),
+            });
+        }
+        let result: serde_json::Value = serde_json::from_str(&stdout)
+            .map_err(|e| Error::Setup(format!("cilium-cni ADD printed {stdout:?}: {e}")))?;
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| Error::Setup(format!("no address in the CNI result {result}")))?;
+        Ok(CniPod {
+            ns,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            container_id,
+            ip,
+            result,
+        })
+    }
+
+    /// `cilium-cni DEL` for `pod`; its output.
+    pub fn del_pod(&self, pod: &CniPod) -> Result<Output, Error> {
+        let env = cni_env("DEL", &pod.container_id, &pod.ns, &pod.namespace, &pod.name);
+        self.cni(&as_pairs(&env), &self.net_conf())
+    }
+}
+
+/// The `CNI_*` environment of a kubelet's call for a pod in `ns`.
+pub fn cni_env(
+    command: &str,
+    container_id: &str,
+    ns: &NetNs,
+    namespace: &str,
+    name: &str,
+) -> Vec<(String, String)> {
+    vec![
+        ("CNI_COMMAND".into(), command.into()),
+        ("CNI_CONTAINERID".into(), container_id.into()),
+        ("CNI_NETNS".into(), ns.path().display().to_string()),
+        ("CNI_IFNAME".into(), "eth0".into()),
+        ("CNI_PATH".into(), "/opt/cni/bin".into()),
+        (
+            "CNI_ARGS".into(),
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"),
+        ),
+    ]
+}
+
+pub fn as_pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// A pod wired by `cilium-cni`.
+pub struct CniPod {
+    pub ns: NetNs,
+    pub namespace: String,
+    pub name: String,
+    pub container_id: String,
+    pub ip: Ipv4Addr,
+    /// What ADD printed.
+    pub result: serde_json::Value,
+}
+
+/// `GET path` on an agent's unix socket: the status and the body, or None if it does not
+/// answer.
+pub fn agent_get(socket: &Path, path: &str) -> Option<(u16, String)> {
+    agent_request(socket, "GET", path, "")
+}
+
+/// `method path` with `body` on an agent's unix socket (HTTP/1.0, so the agent closes the
+/// connection after answering).
+pub fn agent_request(socket: &Path, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// The bed, the operator, the LAN and the nodes.
+pub struct Cluster {
+    pub nodes: Vec<AgentNode>,
+    pub operator: OperatorProcess,
+    _lan: Lan,
+    pub bed: ClusterBed,
+}
+
+impl Cluster {
+    /// A bed of its own with the operator and `count` nodes (`<prefix>-1`, ...), each
+    /// with a Node object and a running agent.
+    pub fn start(count: usize) -> Result<Self, Error> {
+        let bed = ClusterBed::start()?;
+        let flags = [
+            format!("--cluster-pool-ipv4-cidr={POD_POOL_V4}"),
+            "--cluster-pool-ipv4-mask-size=24".into(),
+            FAST_LEASE[0].into(),
+            FAST_LEASE[1].into(),
+            FAST_LEASE[2].into(),
+        ];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let operator = OperatorProcess::start(&bed, "operator", "default", &flags)?;
+        let lan = Lan::new()?;
+        let port = bed
+            .apiserver_url()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .ok_or_else(|| Error::Setup("apiserver URL without a port".into()))?;
+        let mut nodes = Vec::new();
+        for i in 0..count {
+            let index = u8::try_from(i).map_err(|_| Error::Setup("too many nodes".into()))?;
+            let name = format!("node-{}", i + 1);
+            let [a, b, c] = LAN_PREFIX;
+            let ip = Ipv4Addr::new(a, b, c, 11 + index);
+            let ns = netns::node()?;
+            lan.plug(&ns, &format!("port{}", i + 1), ip)?;
+            register_node(&bed, &name, ip)?;
+            let dir = bed.dir().join(&name);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io("node directory", e))?;
+            let mut node = AgentNode {
+                _relay: Relay::start(&ns, port)?,
+                name,
+                ns,
+                ip,
+                kubeconfig: bed.kubeconfig().to_owned(),
+                bpffs: ScratchBpffs::new("node"),
+                dir,
+                agent: None,
+                starts: 0,
+            };
+            node.start_agent()?;
+            nodes.push(node);
+        }
+        Ok(Self {
+            nodes,
+            operator,
+            _lan: lan,
+            bed,
+        })
+    }
+}
+
+/// A Node object with `ip` as its InternalIP, as a kubelet registers it.
+pub fn register_node(bed: &ClusterBed, name: &str, ip: Ipv4Addr) -> Result<(), Error> {
+    let node = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+    bed.kubectl_run(&["apply", "-f", "-"], Some(&node.to_string()))?;
+    let status = serde_json::json!({"status": {"addresses": [
+        {"type": "InternalIP", "address": ip.to_string()},
+        {"type": "Hostname", "address": name},
+    ]}});
+    bed.kubectl_run(
+        &[
+            "patch",
+            "node",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ],
+        None,
+    )
+    .map(drop)
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Agents first, while their node namespaces and pins still exist.
+        for node in &mut self.nodes {
+            node.kill_agent();
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Real traffic between test namespaces: a TCP echo server and clients that check a line
+//! comes back.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use crate::netns::NetNs;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A TCP echo server in `ns` on `port` (IPv4 and IPv6), one thread per connection, for the
+/// life of the process.
+pub fn serve_echo(ns: &NetNs, port: u16) {
+    // `::` takes IPv4 too (bindv6only is off by default).
+    let listener = ns
+        .run(|| TcpListener::bind(("::", port)))
+        .expect("run in the namespace")
+        .expect("bind the echo port");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(match stream.try_clone() {
+                    Ok(s) => s,
+                    Err(_) => return,
+                });
+                let mut writer = stream;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if writer.write_all(line.as_bytes()).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+}
+
+/// A TCP connection from `ns` to `to:port`, given up after [`CONNECT_TIMEOUT`].
+pub fn connect(ns: &NetNs, to: impl Into<IpAddr>, port: u16) -> std::io::Result<TcpStream> {
+    let target = SocketAddr::from((to.into(), port));
+    ns.run(|| TcpStream::connect_timeout(&target, CONNECT_TIMEOUT))
+        .expect("run in the namespace")
+}
+
+/// Whether a line sent on `stream` comes back within a second.
+pub fn echoes(stream: &mut TcpStream) -> bool {
+    if stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .is_err()
+        || stream.write_all(b"hello\n").is_err()
+    {
+        return false;
+    }
+    let Ok(clone) = stream.try_clone() else {
+        return false;
+    };
+    let mut line = String::new();
+    BufReader::new(clone).read_line(&mut line).is_ok() && line == "hello\n"
+}
+
+/// Whether `ns` can open a connection to `to:port` and get an echo.
+pub fn reaches(ns: &NetNs, to: impl Into<IpAddr>, port: u16) -> bool {
+    connect(ns, to, port).is_ok_and(|mut s| echoes(&mut s))
+}

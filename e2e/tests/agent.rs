@@ -1,0 +1,207 @@
+//! The node agent on cluster-in-a-box: two nodes (network namespaces on one link, each with
+//! a real cilium-agent), the operator, and pods wired by `cilium-cni` as a runtime would.
+//! Needs root (as CI has).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use e2e::cluster::{AgentNode, CniPod, Cluster, agent_get, agent_request, as_pairs, cni_env};
+use e2e::netns::NetNs;
+use e2e::traffic::{reaches, serve_echo};
+use e2e::wait_for;
+use ipnet::Ipv4Net;
+use serde_json::Value;
+
+const ECHO: u16 = 8080;
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn labels(app: &str) -> BTreeMap<&str, &str> {
+    BTreeMap::from([("app", app)])
+}
+
+/// The agent's endpoints: id → (container, IPv4, identity, state).
+fn endpoints(node: &AgentNode) -> BTreeMap<u64, (String, String, u64, String)> {
+    let (status, body) = agent_get(&node.socket(), "/v1/endpoint").expect("the agent answers");
+    assert_eq!(status, 200, "{body}");
+    let list: Vec<Value> = serde_json::from_str(&body).expect("a JSON list");
+    list.iter()
+        .map(|e| {
+            (
+                e["id"].as_u64().unwrap_or_default(),
+                (
+                    e["container-id"].as_str().unwrap_or_default().to_owned(),
+                    e["ipv4"].as_str().unwrap_or_default().to_owned(),
+                    e["identity"].as_u64().unwrap_or_default(),
+                    e["state"].as_str().unwrap_or_default().to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn agent_status(node: &AgentNode) -> Value {
+    let (_, body) = agent_get(&node.socket(), "/v1/healthz").expect("the agent answers");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// CiliumEndpoints by `namespace/name`.
+fn ceps(cluster: &Cluster) -> BTreeMap<String, Value> {
+    cluster
+        .bed
+        .list("ciliumendpoints.cilium.io")
+        .expect("kubectl get cep")
+        .into_iter()
+        .map(|cep| {
+            let key = format!(
+                "{}/{}",
+                cep["metadata"]["namespace"].as_str().unwrap_or_default(),
+                cep["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            (key, cep)
+        })
+        .collect()
+}
+
+fn node_cidr(cluster: &Cluster, node: &AgentNode) -> Ipv4Net {
+    let cn = cluster
+        .bed
+        .kubectl_run(&["get", "cn", &node.name, "-o", "json"], None)
+        .expect("kubectl get cn");
+    let cn: Value = serde_json::from_str(&cn).expect("JSON");
+    cn["spec"]["ipam"]["podCIDRs"][0]
+        .as_str()
+        .and_then(|c| c.parse().ok())
+        .expect("a PodCIDR")
+}
+
+fn all_reach(pods: &[&CniPod]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for from in pods {
+        for to in pods {
+            if from.name != to.name && !reaches(&from.ns, to.ip, ECHO) {
+                failures.push(format!("{} -> {} ({})", from.name, to.name, to.ip));
+            }
+        }
+    }
+    failures
+}
+
+fn links(ns: &NetNs) -> BTreeSet<String> {
+    let output = ns
+        .command("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn pods_are_networked_within_and_across_nodes_and_survive_an_agent_restart() {
+    let mut cluster = Cluster::start(2).expect("cluster-in-a-box with two agent nodes");
+    let bed = &cluster.bed;
+
+    // Each node registered its CiliumNode and got a block.
+    let cn_table = bed.kubectl_run(&["get", "cn"], None).expect("kubectl get cn");
+    for node in &cluster.nodes {
+        assert!(cn_table.contains(&node.name), "{cn_table}");
+        assert!(cn_table.contains(&node.ip.to_string()), "InternalIP shown: {cn_table}");
+    }
+    let cidrs: Vec<Ipv4Net> = cluster.nodes.iter().map(|n| node_cidr(&cluster, n)).collect();
+    assert_ne!(cidrs[0], cidrs[1]);
+    for (node, cidr) in cluster.nodes.iter().zip(&cidrs) {
+        let status = agent_status(node);
+        let router: Ipv4Addr = status["router-ip"].as_str().and_then(|r| r.parse().ok()).expect("router");
+        assert!(cidr.contains(&router), "cilium_host address {router} in {cidr}");
+        let cn = bed
+            .kubectl_run(&["get", "cn", &node.name, "-o", "jsonpath={.spec.addresses[?(@.type==\"CiliumInternalIP\")].ip} {.spec.health.ipv4}"], None)
+            .expect("cn");
+        assert_eq!(cn, format!("{router} {}", status["health-ip"].as_str().unwrap_or_default()));
+    }
+
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let a1 = n1.add_pod(bed, "default", "a1", &labels("alpha")).expect("a1");
+    let a2 = n1.add_pod(bed, "default", "a2", &labels("beta")).expect("a2");
+    let b1 = n2.add_pod(bed, "default", "b1", &labels("alpha")).expect("b1");
+    let b2 = n2.add_pod(bed, "default", "b2", &labels("gamma")).expect("b2");
+    for (pod, cidr) in [(&a1, cidrs[0]), (&a2, cidrs[0]), (&b1, cidrs[1]), (&b2, cidrs[1])] {
+        assert!(cidr.contains(&pod.ip), "{} got {} outside its node's {cidr}", pod.name, pod.ip);
+        assert_eq!(pod.result["cniVersion"], "1.0.0");
+        assert_eq!(pod.result["interfaces"][1]["name"], "eth0");
+    }
+    let pods = [&a1, &a2, &b1, &b2];
+    for pod in pods {
+        serve_echo(&pod.ns, ECHO);
+    }
+    assert_eq!(all_reach(&pods), Vec::<String>::new(), "TCP between every pair");
+    assert!(a1.ns.ping(a2.ip), "ping within a node");
+    assert!(a1.ns.ping(b2.ip), "ping across nodes");
+    assert!(b1.ns.ping(a2.ip), "ping across nodes, the other way");
+
+    // Every pod's CiliumEndpoint: ready with the operator's identity for its labels.
+    let ready = wait_for("four ready CiliumEndpoints", SETTLE, || {
+        let ceps = ceps(&cluster);
+        let all_ready = pods.iter().all(|p| {
+            ceps.get(&format!("default/{}", p.name))
+                .is_some_and(|c| c["status"]["state"] == "ready")
+        });
+        all_ready.then_some(ceps)
+    });
+    let identities: BTreeSet<String> = cluster
+        .bed
+        .list("ciliumidentities")
+        .expect("kubectl get ciliumid")
+        .iter()
+        .filter_map(|cid| cid["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    for (pod, node) in [(&a1, n1), (&a2, n1), (&b1, n2), (&b2, n2)] {
+        let cep = &ready[&format!("default/{}", pod.name)];
+        let status = &cep["status"];
+        assert_eq!(status["networking"]["addressing"][0]["ipv4"], pod.ip.to_string());
+        assert_eq!(status["networking"]["node"], node.ip.to_string());
+        assert_eq!(status["external-identifiers"]["container-id"], pod.container_id);
+        let identity = status["identity"]["id"].as_u64().expect("an identity");
+        assert!(identity >= 256, "{identity}");
+        assert!(identities.contains(&identity.to_string()), "CiliumIdentity {identity} exists");
+        let id = status["id"].as_u64().expect("an endpoint id");
+        let agent_view = &endpoints(node)[&id];
+        assert_eq!(agent_view.2, identity, "the agent's endpoint has the CEP's identity");
+    }
+    let same_labels = |a: &CniPod, b: &CniPod| {
+        ready[&format!("default/{}", a.name)]["status"]["identity"]["id"]
+            == ready[&format!("default/{}", b.name)]["status"]["identity"]["id"]
+    };
+    assert!(same_labels(&a1, &b1), "same labels, same identity on both nodes");
+    assert!(!same_labels(&a1, &a2));
+    let table = bed.kubectl_run(&["get", "cep", "-n", "default"], None).expect("kubectl get cep");
+    for pod in pods {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{} ", pod.name)))
+            .unwrap_or_else(|| panic!("{} missing from\n{table}", pod.name));
+        assert!(row.contains(&pod.ip.to_string()) && row.contains("ready"), "{row}");
+    }
+
+    // The route to the other node's pods, via its InternalIP.
+    let routes = n1.ns.command("ip").args(["route", "show", "proto", "193"]).output().expect("ip route");
+    let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
+    assert!(routes.contains(&format!("{} via {}", cidrs[1], n2.ip)), "{routes}");
+
+    // An agent killed with SIGKILL: pods keep talking while it is down, and after the
+    // restart every endpoint has the same id, address and identity.
+    let before = endpoints(&cluster.nodes[0]);
+    cluster.nodes[0].kill_agent();
+    assert_eq!(all_reach(&pods), Vec::<String>::new(), "traffic while the agent is down");
+    cluster.nodes[0].start_agent().expect("the agent restarts");
+    let after = wait_for("the restarted agent's endpoints", SETTLE, || {
+        let now = endpoints(&cluster.nodes[0]);
+        (now.len() == before.len()).then_some(now)
+    });
+    assert_eq!(after, before, "ids, addresses and identities survive a restart");
+    assert_eq!(all_reach(&pods), Vec::<String>::new(), "traffic after the restart");
+    println!("agent log after restart:\n{}", cluster.nodes[0].agent_log());
+}
