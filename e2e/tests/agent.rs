@@ -203,5 +203,136 @@ fn pods_are_networked_within_and_across_nodes_and_survive_an_agent_restart() {
     });
     assert_eq!(after, before, "ids, addresses and identities survive a restart");
     assert_eq!(all_reach(&pods), Vec::<String>::new(), "traffic after the restart");
-    println!("agent log after restart:\n{}", cluster.nodes[0].agent_log());
+
+    // The ipcache of node 1 holds the pods of node 2 with their identities and node, the
+    // nodes as host / remote-node, and world as the default.
+    let ipcache = node_ipcache(&cluster.nodes[0]);
+    let ceps_now = ceps(&cluster);
+    for pod in [&b1, &b2] {
+        let identity = ceps_now[&format!("default/{}", pod.name)]["status"]["identity"]["id"]
+            .as_u64()
+            .expect("identity");
+        let entry = ipcache.get(&format!("{}/32", pod.ip)).expect("remote pod in the ipcache");
+        assert_eq!(u64::from(entry.identity), identity);
+        assert_eq!(entry.tunnel_endpoint, Some(cluster.nodes[1].ip));
+    }
+    let identity_of = |prefix: &str| ipcache.get(prefix).map(|e| e.identity);
+    assert_eq!(identity_of(&format!("{}/32", cluster.nodes[0].ip)), Some(1), "host");
+    assert_eq!(identity_of(&format!("{}/32", cluster.nodes[1].ip)), Some(6), "remote-node");
+    assert_eq!(identity_of("0.0.0.0/0"), Some(2), "world");
+
+    // A pod whose labels change gets the identity of its new labels.
+    let old_identity = ceps_now["default/a2"]["status"]["identity"]["id"].clone();
+    let b1_identity = ceps_now["default/b1"]["status"]["identity"]["id"].clone();
+    cluster
+        .bed
+        .kubectl_run(&["label", "pod", "a2", "app=alpha", "--overwrite"], None)
+        .expect("relabel a2");
+    let relabeled = wait_for("a2's endpoint to take the alpha identity", SETTLE, || {
+        let cep = ceps(&cluster).remove("default/a2")?;
+        (cep["status"]["identity"]["id"] == b1_identity).then_some(cep)
+    });
+    assert_ne!(relabeled["status"]["identity"]["id"], old_identity);
+    let a2_id = relabeled["status"]["id"].as_u64().expect("id");
+    assert_eq!(
+        Some(endpoints(&cluster.nodes[0])[&a2_id].2),
+        b1_identity.as_u64(),
+        "the datapath endpoint follows"
+    );
+
+    bad_input_changes_nothing(&mut cluster, &a1, &b1);
+
+    // DEL (twice: it is idempotent) and the Pod's deletion free the address and the CEP.
+    let node1 = &cluster.nodes[0];
+    let used_before = agent_status(node1)["ipam"]["used"].as_u64().expect("used");
+    for attempt in 1..=2 {
+        let output = node1.del_pod(&a2).expect("cilium-cni DEL runs");
+        assert!(output.status.success(), "DEL #{attempt}: {}", String::from_utf8_lossy(&output.stdout));
+        assert!(output.stdout.is_empty(), "DEL prints nothing on success");
+    }
+    cluster.bed.kubectl_run(&["delete", "pod", "a2", "--wait=false"], None).expect("delete pod");
+    let status = agent_status(node1);
+    assert_eq!(status["ipam"]["used"].as_u64(), Some(used_before - 1));
+    let held = status["ipam"]["allocations"].to_string();
+    assert!(!held.contains(&format!("\"{}\"", a2.ip)), "{} still allocated: {held}", a2.ip);
+    assert!(!endpoints(node1).contains_key(&a2_id));
+    wait_for("a2's CiliumEndpoint to go", SETTLE, || {
+        (!ceps(&cluster).contains_key("default/a2")).then_some(())
+    });
+    assert!(!links(&node1.ns).iter().any(|l| l.starts_with("lxc") && a2.result["interfaces"][0]["name"] == *l));
+    assert!(reaches(&a1.ns, b1.ip, ECHO), "the others are untouched");
+}
+
+/// The ipcache pinned by `node`'s agent, prefix → entry.
+fn node_ipcache(node: &AgentNode) -> BTreeMap<String, cilium_datapath::IpcacheEntry> {
+    let config = cilium_datapath::DatapathConfig {
+        bpffs_root: node.bpffs_root().to_owned(),
+        ..Default::default()
+    };
+    let datapath = cilium_datapath::Datapath::open(&config).expect("the pinned datapath opens");
+    datapath
+        .ipcache()
+        .expect("ipcache")
+        .into_iter()
+        .map(|(prefix, entry)| (prefix.to_string(), entry))
+        .collect()
+}
+
+/// Garbage on the CNI's stdin or the agent's API, and an agent that is down: each gets a
+/// clear error and changes nothing.
+fn bad_input_changes_nothing(cluster: &mut Cluster, existing: &CniPod, peer: &CniPod) {
+    let node = &cluster.nodes[0];
+    let endpoints_before = endpoints(node);
+    let used_before = agent_status(node)["ipam"]["used"].clone();
+    let links_before = links(&node.ns);
+    let fresh = NetNs::new("pod").expect("netns");
+    let env = cni_env("ADD", "garbage-1", &fresh, "default", "garbage");
+    for stdin in ["garbage", "", r#"{"cniVersion":"9.9.9","name":"x","type":"cilium-cni"}"#] {
+        let output = node.cni(&as_pairs(&env), stdin).expect("cilium-cni runs");
+        assert!(!output.status.success(), "ADD with {stdin:?} must fail");
+        let error: Value = serde_json::from_slice(&output.stdout).expect("a CNI error on stdout");
+        let expected = if stdin.contains("9.9.9") { 1 } else { 6 };
+        assert_eq!(error["code"], expected, "{error}");
+        assert!(error["msg"].as_str().is_some_and(|m| !m.is_empty()), "{error}");
+    }
+    let mut no_netns = env.clone();
+    no_netns.retain(|(k, _)| k != "CNI_NETNS");
+    let output = node.cni(&as_pairs(&no_netns), &node.net_conf()).expect("runs");
+    let error: Value = serde_json::from_slice(&output.stdout).expect("CNI error");
+    assert_eq!(error["code"], 4, "missing CNI_NETNS: {error}");
+
+    // The API answers malformed requests with a 4xx and a message.
+    let socket = node.socket();
+    for (method, path, body, status) in [
+        ("PUT", "/v1/endpoint/container-id:x", "{not json", 400),
+        ("PUT", "/v1/endpoint/12", "{}", 400),
+        ("GET", "/v1/endpoint/0", "", 400),
+        ("GET", "/v1/endpoint/4242", "", 404),
+        ("DELETE", "/v1/ipam/not-an-ip", "", 400),
+        ("DELETE", "/v1/ipam/10.99.0.1", "", 404),
+        ("POST", "/v1/ipam", r#"{"owner": ""}"#, 400),
+        ("GET", "/v1/nothing", "", 404),
+    ] {
+        let (got, answer) = agent_request(&socket, method, path, body).expect("the agent answers");
+        assert_eq!(got, status, "{method} {path}: {answer}");
+        let answer: Value = serde_json::from_str(&answer).expect("a JSON error");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{answer}");
+    }
+    let mode = std::fs::metadata(&socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+    assert_eq!(mode.ok(), Some(0o600), "the API socket is root-only");
+
+    assert_eq!(endpoints(node), endpoints_before);
+    assert_eq!(agent_status(node)["ipam"]["used"], used_before);
+    assert_eq!(links(&node.ns), links_before, "no device was left behind");
+
+    // With the agent down, ADD asks the runtime to try again later and leaves nothing.
+    cluster.nodes[0].kill_agent();
+    let node = &cluster.nodes[0];
+    let output = node.cni(&as_pairs(&env), &node.net_conf()).expect("runs");
+    let error: Value = serde_json::from_slice(&output.stdout).expect("CNI error");
+    assert_eq!(error["code"], 11, "{error}");
+    assert_eq!(links(&node.ns), links_before);
+    assert!(reaches(&existing.ns, peer.ip, ECHO), "pods keep talking meanwhile");
+    cluster.nodes[0].start_agent().expect("the agent comes back");
+    assert_eq!(endpoints(&cluster.nodes[0]), endpoints_before);
 }
