@@ -20,7 +20,8 @@ test: deps lint
 
 ## unit: tests that need no servers (the library crates)
 unit:
-	$(CARGO) test -p cilium-crds -p cilium-identity -p cilium-kvstore -p cilium-datapath --lib
+	$(CARGO) test -p cilium-crds -p cilium-identity -p cilium-kvstore -p cilium-datapath \
+		-p cilium-agent -p cilium-agent-api -p cilium-cni -p cilium-netdev --lib
 	$(CARGO) test -p cilium-operator --lib
 
 ## e2e: the end-to-end tests on the cluster-in-a-box
@@ -41,9 +42,10 @@ lint:
 crds:
 	$(CARGO) run -q -p cilium-crds --bin crdgen > crds/yaml/cilium-crds.yaml
 
-## cluster-in-a-box: etcd + kube-apiserver + CRDs until Ctrl-C
+## cluster-in-a-box: etcd + kube-apiserver + CRDs + operator + two agent nodes, until Ctrl-C
 cluster-in-a-box: deps
-	$(CARGO) run -q -p e2e --bin cluster-in-a-box
+	$(CARGO) build -q --workspace --bins
+	./target/debug/cluster-in-a-box
 
 clean:
 	$(CARGO) clean

@@ -115,7 +115,8 @@ mod tests {
             ..Default::default()
         });
         let namespace_labels = [("team".to_owned(), "a".to_owned())].into();
-        let labels = pod_identity_labels(&pod, Some(&namespace_labels), "c1", &LabelFilter::default());
+        let labels =
+            pod_identity_labels(&pod, Some(&namespace_labels), "c1", &LabelFilter::default());
         let text: Vec<String> = labels.iter().map(ToString::to_string).collect();
         for expected in [
             "k8s:app=web",
@@ -124,10 +125,15 @@ mod tests {
             "k8s:io.cilium.k8s.policy.cluster=c1",
             "k8s:io.cilium.k8s.namespace.labels.team=a",
         ] {
-            assert!(text.iter().any(|l| l == expected), "{expected} missing from {text:?}");
+            assert!(
+                text.iter().any(|l| l == expected),
+                "{expected} missing from {text:?}"
+            );
         }
         assert!(needs_identity(&pod));
-        pod.spec.as_mut().map(|s| s.host_network = Some(true));
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.host_network = Some(true);
+        }
         assert!(!needs_identity(&pod));
     }
 }

@@ -44,7 +44,16 @@ impl Lan {
     /// Plugs `node` in: its `eth0` with `ip/24`, the other end in the bridge.
     pub fn plug(&self, node: &NetNs, port: &str, ip: Ipv4Addr) -> Result<(), Error> {
         self.ns.ip(&[
-            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", node.name(),
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            node.name(),
         ])?;
         self.ns.ip(&["link", "set", port, "master", BRIDGE, "up"])?;
         node.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
@@ -163,7 +172,10 @@ impl AgentNode {
         );
         command
             .arg(format!("--k8s-node-name={}", self.name))
-            .arg(format!("--k8s-kubeconfig-path={}", self.kubeconfig.display()))
+            .arg(format!(
+                "--k8s-kubeconfig-path={}",
+                self.kubeconfig.display()
+            ))
             .arg(format!("--state-dir={}", self.state_dir().display()))
             .arg(format!("--bpf-root={}", self.bpffs.path().display()))
             .arg(format!("--socket-path={}", self.socket().display()))
@@ -171,11 +183,18 @@ impl AgentNode {
         let log = self.dir.join(format!("agent-{}.log", self.starts));
         let mut agent = Supervised::spawn("cilium-agent", command, &log)?;
         let socket = self.socket();
-        wait_until("the agent's API", Duration::from_secs(60), &mut agent, || {
-            agent_get(&socket, "/v1/healthz").is_some_and(|(status, _)| status == 200)
-        })?;
+        wait_until(
+            "the agent's API",
+            Duration::from_secs(60),
+            &mut agent,
+            || agent_get(&socket, "/v1/healthz").is_some_and(|(status, _)| status == 200),
+        )?;
         self.agent = Some(agent);
         Ok(())
+    }
+
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Supervised::pid)
     }
 
     /// Kills the agent with SIGKILL (no chance to clean up), as a crash would.
@@ -208,7 +227,9 @@ impl AgentNode {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(|e| Error::io("run cilium-cni", e))?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| Error::io("run cilium-cni", e))?;
         if let Some(mut pipe) = child.stdin.take() {
             let _ = pipe.write_all(stdin.as_bytes());
         }

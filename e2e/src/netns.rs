@@ -50,6 +50,8 @@ pub struct NetNs {
 impl NetNs {
     /// A namespace with a name unique to this process (`prefix` helps reading `ip netns`).
     pub fn new(prefix: &str) -> Result<Self, Error> {
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(sweep_dead_processes_leftovers);
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "{prefix}-{}-{}",
@@ -121,6 +123,47 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Whether `name` (`<prefix>-<pid>-<n>`, as this module names things) belongs to a process
+/// that is gone.
+fn owner_is_dead(name: &str) -> bool {
+    let mut parts = name.rsplit('-');
+    let _n = parts.next();
+    parts
+        .next()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        })
+}
+
+/// Namespaces and bpffs directories of test processes that were killed before they could
+/// remove them.
+fn sweep_dead_processes_leftovers() {
+    let namespaces = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten();
+    for entry in namespaces {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = ["node-", "pod-", "lan-"]
+            .iter()
+            .any(|p| name.starts_with(p));
+        if ours && owner_is_dead(&name) {
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
+    let pins = std::fs::read_dir("/sys/fs/bpf")
+        .into_iter()
+        .flatten()
+        .flatten();
+    for entry in pins {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("cilium-rs-") && owner_is_dead(&name) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

@@ -65,7 +65,11 @@ fn servers_die_with_a_killed_test_process() {
             break;
         }
     }
-    assert_eq!(pids.len(), 2, "etcd and kube-apiserver pids printed");
+    assert_eq!(
+        pids.len(),
+        5,
+        "etcd, kube-apiserver, the operator and two agents: pids printed"
+    );
     assert!(pids.iter().all(|&p| alive(p)));
     holder.kill().expect("SIGKILL the holder");
     holder.wait().expect("reap the holder");

@@ -16,7 +16,9 @@ use cilium_crds::CiliumIdentity;
 use cilium_crds::pod_identity::{
     identity_object, needs_identity, parse_identity, pod_identity_labels,
 };
-use cilium_identity::{ClusterScope, IdentityPool, LabelFilter, LabelSet, NumericIdentity, PoolError};
+use cilium_identity::{
+    ClusterScope, IdentityPool, LabelFilter, LabelSet, NumericIdentity, PoolError,
+};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};

@@ -27,9 +27,9 @@ use ipnet::IpNet;
 use kube::ResourceExt;
 use tokio::sync::watch;
 
-use cilium_crds::pod_identity::parse_identity;
 use crate::metrics::Metrics;
 use crate::watch::{Caches, Waker};
+use cilium_crds::pod_identity::parse_identity;
 
 /// Cilium writes its heartbeat every minute; readers treat 2 missed ones as a dead store.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
@@ -397,7 +397,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let identity = crate::identities::identity_object(NumericIdentity(12928), &labels);
+        let identity = cilium_crds::pod_identity::identity_object(NumericIdentity(12928), &labels);
         let mut endpoint =
             CiliumEndpoint::new("ai-ingressgateway-6bdbdbf7dc-jz85c", EndpointFields {});
         endpoint.metadata.namespace = Some("istio-system".into());

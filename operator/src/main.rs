@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use cilium_crds::cli::parse_duration;
 use cilium_identity::LabelFilter;
 use cilium_kvstore::EtcdConfig;
 use cilium_operator::FIELD_MANAGER;
@@ -16,7 +17,6 @@ use cilium_operator::metrics::Metrics;
 use cilium_operator::nodes::NodeController;
 use cilium_operator::podcidr::PoolConfig;
 use cilium_operator::watch::{Caches, Wakers};
-use cilium_crds::cli::parse_duration;
 use clap::Parser;
 use ipnet::IpNet;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -194,6 +194,8 @@ impl Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
+        // Colours only on a terminal: logs go to files and journald as plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

@@ -1,8 +1,8 @@
 //! The operator's caches: one reflector per kind, shared by the controllers that read it.
 //! Every replica keeps them warm so a new leader starts from a full view.
 
-use cilium_crds::cache::reflect;
 pub use cilium_crds::cache::Waker;
+use cilium_crds::cache::reflect;
 use cilium_crds::{CiliumEndpoint, CiliumIdentity, CiliumNode};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::runtime::reflector::{self, Store};
@@ -35,16 +35,34 @@ impl Caches {
             mirror,
         } = wakers;
         Self {
-            nodes: reflect(Api::all(client.clone()), watcher::Config::default(), vec![nodes.clone()]),
-            cilium_nodes: reflect(Api::all(client.clone()), watcher::Config::default(),
+            nodes: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                vec![nodes.clone()],
+            ),
+            cilium_nodes: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
                 vec![nodes.clone(), mirror.clone()],
             ),
-            pods: reflect(Api::all(client.clone()), watcher::Config::default(), vec![identities.clone()]),
-            namespaces: reflect(Api::all(client.clone()), watcher::Config::default(), vec![identities.clone()]),
-            identities: reflect(Api::all(client.clone()), watcher::Config::default(),
+            pods: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                vec![identities.clone()],
+            ),
+            namespaces: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                vec![identities.clone()],
+            ),
+            identities: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
                 vec![identities.clone(), mirror.clone()],
             ),
-            endpoints: reflect(Api::all(client.clone()), watcher::Config::default(),
+            endpoints: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
                 vec![identities.clone(), mirror.clone()],
             ),
         }

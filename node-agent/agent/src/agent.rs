@@ -122,7 +122,9 @@ fn check_ifname(what: &str, name: &str) -> Result<(), AgentError> {
         && name.len() < 16
         && name != "."
         && name != ".."
-        && name.chars().all(|c| c.is_ascii_graphic() && c != '/' && c != ':');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '/' && c != ':');
     if ok {
         Ok(())
     } else {
@@ -217,7 +219,9 @@ impl Agent {
                     tracing::warn!(id, %reason, "not restoring endpoint; removing it");
                     let _ = state.ipam.release(record.ipv4);
                     state.datapath.detach_endpoint(id)?;
-                    state.datapath.delete_ipcache(IpNet::from(IpAddr::V4(record.ipv4)))?;
+                    state
+                        .datapath
+                        .delete_ipcache(IpNet::from(IpAddr::V4(record.ipv4)))?;
                     self.store.remove(id)?;
                 }
             }
@@ -256,7 +260,9 @@ impl Agent {
             )));
         }
         if [self.node.router_ip, self.node.health_ip].contains(&ip) {
-            return Err(AgentError::Conflict(format!("{ip} is the node's own address")));
+            return Err(AgentError::Conflict(format!(
+                "{ip} is the node's own address"
+            )));
         }
         let owner = state.ipam.release(ip)?;
         tracing::info!(%ip, owner, "released");
@@ -387,7 +393,12 @@ impl Agent {
     }
 
     /// Gives endpoint `id` a new identity: datapath, ipcache and record updated together.
-    pub fn set_identity(&self, id: u16, identity: u32, labels: Vec<String>) -> Result<(), AgentError> {
+    pub fn set_identity(
+        &self,
+        id: u16,
+        identity: u32,
+        labels: Vec<String>,
+    ) -> Result<(), AgentError> {
         let mut state = self.lock();
         let Some(current) = state.endpoints.get(&EndpointRef::Id(id)).cloned() else {
             return Ok(());
@@ -403,7 +414,12 @@ impl Agent {
             let _ = self.wire(&mut state, &current);
             return Err(e);
         }
-        tracing::info!(id, from = current.identity, to = identity, "endpoint identity changed");
+        tracing::info!(
+            id,
+            from = current.identity,
+            to = identity,
+            "endpoint identity changed"
+        );
         if let Some(slot) = state.endpoints.get_mut(id) {
             *slot = updated;
         }
@@ -466,6 +482,10 @@ impl Agent {
     }
 
     pub fn endpoints(&self) -> Vec<EndpointModel> {
-        self.lock().endpoints.iter().map(EndpointRecord::model).collect()
+        self.lock()
+            .endpoints
+            .iter()
+            .map(EndpointRecord::model)
+            .collect()
     }
 }

@@ -50,7 +50,10 @@ fn error(status: StatusCode, message: String) -> Reply {
 fn json(status: StatusCode, value: &impl Serialize) -> Reply {
     match serde_json::to_value(value) {
         Ok(body) => Reply(status, body),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the answer: {e}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the answer: {e}"),
+        ),
     }
 }
 
@@ -61,8 +64,9 @@ fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Reply> {
 }
 
 fn endpoint_ref(text: &str) -> Result<EndpointRef, Reply> {
-    text.parse()
-        .map_err(|e: cilium_agent_api::BadEndpointRef| error(StatusCode::BAD_REQUEST, e.to_string()))
+    text.parse().map_err(|e: cilium_agent_api::BadEndpointRef| {
+        error(StatusCode::BAD_REQUEST, e.to_string())
+    })
 }
 
 fn reply(result: Result<Reply, Reply>) -> Reply {
@@ -80,7 +84,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
             get(get_endpoint).put(put_endpoint).delete(delete_endpoint),
         )
         .fallback(|| async {
-            error(StatusCode::NOT_FOUND, "no such API path (see /v1/healthz, /v1/endpoint, /v1/ipam)".into())
+            error(
+                StatusCode::NOT_FOUND,
+                "no such API path (see /v1/healthz, /v1/endpoint, /v1/ipam)".into(),
+            )
         })
         .with_state(agent)
 }
@@ -99,9 +106,12 @@ async fn allocate_ip(State(agent): State<Arc<Agent>>, bytes: Bytes) -> Reply {
 
 async fn release_ip(State(agent): State<Arc<Agent>>, UrlPath(ip): UrlPath<String>) -> Reply {
     reply((|| {
-        let ip: Ipv4Addr = ip
-            .parse()
-            .map_err(|_| error(StatusCode::BAD_REQUEST, format!("{ip:?} is not an IPv4 address")))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("{ip:?} is not an IPv4 address"),
+            )
+        })?;
         agent.release_ip(ip)?;
         Ok(Reply(StatusCode::NO_CONTENT, serde_json::Value::Null))
     })())
@@ -111,8 +121,16 @@ async fn list_endpoints(State(agent): State<Arc<Agent>>) -> Reply {
     json(StatusCode::OK, &agent.endpoints())
 }
 
-async fn get_endpoint(State(agent): State<Arc<Agent>>, UrlPath(reference): UrlPath<String>) -> Reply {
-    reply((|| Ok(json(StatusCode::OK, &agent.endpoint(&endpoint_ref(&reference)?)?)))())
+async fn get_endpoint(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(reference): UrlPath<String>,
+) -> Reply {
+    reply((|| {
+        Ok(json(
+            StatusCode::OK,
+            &agent.endpoint(&endpoint_ref(&reference)?)?,
+        ))
+    })())
 }
 
 async fn put_endpoint(
@@ -124,7 +142,11 @@ async fn put_endpoint(
         let reference = endpoint_ref(&reference)?;
         let request: EndpointChangeRequest = body(&bytes)?;
         let (model, created) = agent.put_endpoint(&reference, request)?;
-        let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
         Ok(json(status, &model))
     })())
 }

@@ -116,7 +116,10 @@ mod tests {
         assert!(!is_on_node(&cep, "192.168.60.12".parse().expect("ip")));
         let json = serde_json::to_value(&cep).expect("json");
         assert_eq!(json["status"]["state"], "ready");
-        assert_eq!(json["status"]["external-identifiers"]["pod-name"], "default/pod-c1");
+        assert_eq!(
+            json["status"]["external-identifiers"]["pod-name"],
+            "default/pod-c1"
+        );
         assert_eq!(json["metadata"]["ownerReferences"][0]["kind"], "Pod");
     }
 }

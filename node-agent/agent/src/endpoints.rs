@@ -217,7 +217,10 @@ impl StateDir {
                 .and_then(|record| {
                     let expected = format!("{}.json", record.id);
                     if record.id == 0 || entry.file_name().to_string_lossy() != expected {
-                        Err(format!("holds endpoint id {} (file name disagrees)", record.id))
+                        Err(format!(
+                            "holds endpoint id {} (file name disagrees)",
+                            record.id
+                        ))
                     } else {
                         Ok(record)
                     }
@@ -272,7 +275,10 @@ pub(crate) mod tests {
                 .map(|e| e.id),
             Some(3)
         );
-        assert_eq!(table.by_ip(Ipv4Addr::new(10, 0, 1, 2)).map(|e| e.id), Some(1));
+        assert_eq!(
+            table.by_ip(Ipv4Addr::new(10, 0, 1, 2)).map(|e| e.id),
+            Some(1)
+        );
         assert!(table.get(&EndpointRef::Id(2)).is_none());
     }
 
@@ -290,7 +296,13 @@ pub(crate) mod tests {
             parse_mac("0a:1b:2c:3d:4e:5f"),
             Ok([0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f])
         );
-        for bad in ["", "0a:1b:2c:3d:4e", "0a:1b:2c:3d:4e:5f:60", "0a:1b:2c:3d:4e:zz", "a:1b:2c:3d:4e:5f"] {
+        for bad in [
+            "",
+            "0a:1b:2c:3d:4e",
+            "0a:1b:2c:3d:4e:5f:60",
+            "0a:1b:2c:3d:4e:zz",
+            "a:1b:2c:3d:4e:5f",
+        ] {
             assert!(parse_mac(bad).is_err(), "{bad:?} accepted");
         }
     }

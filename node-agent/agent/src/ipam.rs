@@ -100,7 +100,9 @@ impl HostIpam {
     }
 
     pub fn allocations(&self) -> impl Iterator<Item = (Ipv4Addr, &str)> {
-        self.allocated.iter().map(|(ip, owner)| (*ip, owner.as_str()))
+        self.allocated
+            .iter()
+            .map(|(ip, owner)| (*ip, owner.as_str()))
     }
 
     fn describe(&self) -> String {
@@ -113,9 +115,8 @@ impl HostIpam {
 /// blocks that have them (/30 and larger).
 fn usable(cidr: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
     let has_edges = cidr.prefix_len() <= 30;
-    cidr.hosts().filter(move |ip| {
-        !has_edges || (*ip != cidr.network() && *ip != cidr.broadcast())
-    })
+    cidr.hosts()
+        .filter(move |ip| !has_edges || (*ip != cidr.network() && *ip != cidr.broadcast()))
 }
 
 #[cfg(test)]
@@ -151,7 +152,11 @@ mod tests {
         let mut ipam = ipam("10.0.1.0/24");
         let ip = Ipv4Addr::new(10, 0, 1, 7);
         assert_eq!(ipam.allocate(ip, "a"), Ok(()));
-        assert_eq!(ipam.allocate(ip, "a"), Ok(()), "the holder may claim it again");
+        assert_eq!(
+            ipam.allocate(ip, "a"),
+            Ok(()),
+            "the holder may claim it again"
+        );
         assert_eq!(
             ipam.allocate(ip, "b"),
             Err(IpamError::Taken {
@@ -173,8 +178,13 @@ mod tests {
         let mut ipam = ipam("10.0.1.0/30");
         assert!(ipam.allocate_next("a").is_ok());
         assert!(ipam.allocate_next("b").is_ok());
-        let err = ipam.allocate_next("c").expect_err("a /30 has two usable addresses");
-        assert_eq!(err.to_string(), "no free address in 10.0.1.0/30 (2 of 2 in use)");
+        let err = ipam
+            .allocate_next("c")
+            .expect_err("a /30 has two usable addresses");
+        assert_eq!(
+            err.to_string(),
+            "no free address in 10.0.1.0/30 (2 of 2 in use)"
+        );
     }
 
     proptest! {

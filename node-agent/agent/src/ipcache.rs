@@ -114,12 +114,19 @@ pub fn diff(
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use cilium_crds::endpoint::{AddressPair, EndpointIdentity, EndpointNetworking, EndpointStatus};
+    use cilium_crds::endpoint::{
+        AddressPair, EndpointIdentity, EndpointNetworking, EndpointStatus,
+    };
     use cilium_crds::node::{HealthAddressing, NodeAddress, NodeSpec};
 
     use super::*;
 
-    pub(crate) fn cilium_node(name: &str, internal: &str, router: &str, health: &str) -> CiliumNode {
+    pub(crate) fn cilium_node(
+        name: &str,
+        internal: &str,
+        router: &str,
+        health: &str,
+    ) -> CiliumNode {
         let address = |type_: &str, ip: &str| NodeAddress {
             type_: type_.into(),
             ip: ip.into(),
@@ -186,14 +193,24 @@ pub(crate) mod tests {
         assert_eq!(identity("10.0.2.2/32"), Some(4), "health");
         assert_eq!(identity("10.0.2.5/32"), Some(40_000));
         assert_eq!(
-            wanted.get(&net("10.0.2.5/32")).and_then(|e| e.tunnel_endpoint),
+            wanted
+                .get(&net("10.0.2.5/32"))
+                .and_then(|e| e.tunnel_endpoint),
             Some("192.168.60.12".parse().expect("ip")),
             "the node it runs on"
         );
         assert_eq!(identity("10.0.2.6/32"), None, "no identity yet");
-        assert_eq!(identity("10.0.1.9/32"), None, "this node's own endpoints come from the agent");
+        assert_eq!(
+            identity("10.0.1.9/32"),
+            None,
+            "this node's own endpoints come from the agent"
+        );
         assert_eq!(identity("10.0.1.3/32"), Some(43_000));
-        assert_eq!(wanted.len(), 10, "2 world, 3 per node, 1 remote and 1 local endpoint");
+        assert_eq!(
+            wanted.len(),
+            10,
+            "2 world, 3 per node, 1 remote and 1 local endpoint"
+        );
     }
 
     #[test]
@@ -201,9 +218,16 @@ pub(crate) mod tests {
         let a = entry(100, None);
         let b = entry(200, None);
         let current = BTreeMap::from([(net("10.0.0.1/32"), a), (net("10.0.0.2/32"), a)]);
-        let wanted = BTreeMap::from([(net("10.0.0.1/32"), a), (net("10.0.0.2/32"), b), (net("10.0.0.3/32"), a)]);
+        let wanted = BTreeMap::from([
+            (net("10.0.0.1/32"), a),
+            (net("10.0.0.2/32"), b),
+            (net("10.0.0.3/32"), a),
+        ]);
         let (upserts, deletions) = diff(&current, &wanted);
-        assert_eq!(upserts, vec![(net("10.0.0.2/32"), b), (net("10.0.0.3/32"), a)]);
+        assert_eq!(
+            upserts,
+            vec![(net("10.0.0.2/32"), b), (net("10.0.0.3/32"), a)]
+        );
         assert!(deletions.is_empty());
         let (upserts, deletions) = diff(&wanted, &BTreeMap::new());
         assert!(upserts.is_empty());

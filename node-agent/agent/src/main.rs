@@ -8,9 +8,9 @@ use cilium_agent::endpoints::StateDir;
 use cilium_agent::node::Registration;
 use cilium_agent::sync::{Caches, Reconciler};
 use cilium_crds::cache::Waker;
+use cilium_crds::cli::parse_duration;
 use cilium_datapath::{Datapath, DatapathConfig};
 use cilium_identity::LabelFilter;
-use cilium_crds::cli::parse_duration;
 use clap::Parser;
 
 /// The cilium-rs node agent. Flags follow Cilium's agent where it has the same one.
@@ -51,6 +51,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
+        // Colours only on a terminal: logs go to files and journald as plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -77,7 +79,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = cilium_crds::cli::client(args.kubeconfig.as_deref()).await?;
 
     let mut datapath = Datapath::open(&datapath_config).context("opening the datapath")?;
-    let taken = datapath.reattach_pinned().context("taking over pinned programs")?;
+    let taken = datapath
+        .reattach_pinned()
+        .context("taking over pinned programs")?;
     tracing::info!(taken, pins = %datapath.pin_dir().display(), "datapath ready");
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
 

@@ -140,11 +140,16 @@ impl Registration<'_> {
             match api.get_opt(self.node_name).await {
                 Ok(Some(node)) => return Ok(node),
                 Ok(None) if !reported => {
-                    tracing::warn!(node = self.node_name, "Node object not found; waiting for it");
+                    tracing::warn!(
+                        node = self.node_name,
+                        "Node object not found; waiting for it"
+                    );
                     reported = true;
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(node = self.node_name, error = %e, "reading the Node failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(node = self.node_name, error = %e, "reading the Node failed; retrying")
+                }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -196,7 +201,11 @@ mod tests {
 
     #[test]
     fn router_and_health_are_the_first_addresses_of_the_first_ipv4_block() {
-        let cidrs = vec!["fd00::/120".to_owned(), "10.0.7.0/24".to_owned(), "10.0.9.0/24".to_owned()];
+        let cidrs = vec![
+            "fd00::/120".to_owned(),
+            "10.0.7.0/24".to_owned(),
+            "10.0.9.0/24".to_owned(),
+        ];
         let (v4, router, health) = plan_addresses(&cidrs).expect("planned");
         assert_eq!(v4.len(), 2);
         assert_eq!(router, Ipv4Addr::new(10, 0, 7, 1));

@@ -72,12 +72,18 @@ mod tests {
     #[test]
     fn a_route_per_other_nodes_block_via_its_internal_ip() {
         let nodes = [
-            with_cidrs(cilium_node("n1", "192.168.60.11", "10.0.1.1", "10.0.1.2"), &["10.0.1.0/24"]),
+            with_cidrs(
+                cilium_node("n1", "192.168.60.11", "10.0.1.1", "10.0.1.2"),
+                &["10.0.1.0/24"],
+            ),
             with_cidrs(
                 cilium_node("n2", "192.168.60.12", "10.0.2.1", "10.0.2.2"),
                 &["10.0.2.0/24", "fd00:2::/120", "bogus"],
             ),
-            with_cidrs(cilium_node("n3", "192.168.60.13", "10.0.3.1", "10.0.3.2"), &["10.0.1.128/25"]),
+            with_cidrs(
+                cilium_node("n3", "192.168.60.13", "10.0.3.1", "10.0.3.2"),
+                &["10.0.1.128/25"],
+            ),
             cilium_node("n4", "192.168.60.14", "10.0.4.1", "10.0.4.2"),
         ];
         let local: Vec<IpNet> = vec!["10.0.1.0/24".parse().expect("cidr")];

@@ -150,7 +150,9 @@ impl Reconciler {
                 .get(&ObjectRef::new(&record.k8s_namespace));
             let labels = pod_identity_labels(
                 &pod,
-                namespace.as_ref().and_then(|ns| ns.metadata.labels.as_ref()),
+                namespace
+                    .as_ref()
+                    .and_then(|ns| ns.metadata.labels.as_ref()),
                 &node.cluster_name,
                 &self.filter,
             );
@@ -184,7 +186,9 @@ impl Reconciler {
             if !ours {
                 let api: Api<CiliumEndpoint> = Api::namespaced(self.client.clone(), &namespace);
                 match api.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => tracing::info!(%namespace, %name, "deleted CiliumEndpoint of a removed endpoint"),
+                    Ok(_) => {
+                        tracing::info!(%namespace, %name, "deleted CiliumEndpoint of a removed endpoint")
+                    }
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
                     Err(e) => return Err(e),
                 }
@@ -205,9 +209,13 @@ impl Reconciler {
             Some(_) => {
                 // The CRD has no status subresource: the status is part of the object.
                 let patch = json!({ "status": status });
-                api.patch(&record.k8s_pod_name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(drop)
+                api.patch(
+                    &record.k8s_pod_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .map(drop)
             }
             None => {
                 let pod_uid = self
@@ -275,8 +283,10 @@ impl Reconciler {
         }
         let api: Api<CiliumNode> = Api::all(self.client.clone());
         // A merge patch merges maps: released addresses are removed with explicit nulls.
-        let mut patch_used: serde_json::Map<String, serde_json::Value> =
-            current.keys().map(|ip| (ip.clone(), serde_json::Value::Null)).collect();
+        let mut patch_used: serde_json::Map<String, serde_json::Value> = current
+            .keys()
+            .map(|ip| (ip.clone(), serde_json::Value::Null))
+            .collect();
         patch_used.extend(used);
         let patch = json!({ "status": { "ipam": { "used": patch_used } } });
         api.patch_status(&node.name, &PatchParams::default(), &Patch::Merge(&patch))

@@ -161,7 +161,15 @@ mod tests {
             "container-id:abc123".parse(),
             Ok(EndpointRef::ContainerId("abc123".into()))
         );
-        for bad in ["0", "65536", "-1", "x", "", "container-id:", "container-id:a b"] {
+        for bad in [
+            "0",
+            "65536",
+            "-1",
+            "x",
+            "",
+            "container-id:",
+            "container-id:a b",
+        ] {
             assert!(bad.parse::<EndpointRef>().is_err(), "{bad:?} was accepted");
         }
         for reference in [EndpointRef::Id(12), EndpointRef::ContainerId("c1".into())] {

@@ -19,12 +19,20 @@ fn main() -> ExitCode {
     // Errors are reported in the version the runtime asked for when it is readable.
     let version = serde_json::from_slice::<Value>(&stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .filter(|v| request::SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| "1.0.0".to_owned());
     let outcome = match read {
         Ok(_) => run(&env, &stdin, &version),
-        Err(e) => Err(CniError::new(codes::IO_FAILURE, "reading stdin", e.to_string())),
+        Err(e) => Err(CniError::new(
+            codes::IO_FAILURE,
+            "reading stdin",
+            e.to_string(),
+        )),
     };
     match outcome {
         Ok(output) => {
@@ -45,7 +53,11 @@ fn print(value: &Value) {
     let _ = writeln!(stdout, "{value}");
 }
 
-fn run(env: &BTreeMap<String, String>, stdin: &[u8], version: &str) -> Result<Option<Value>, CniError> {
+fn run(
+    env: &BTreeMap<String, String>,
+    stdin: &[u8],
+    version: &str,
+) -> Result<Option<Value>, CniError> {
     if request::command(env)? == Command::Version {
         return Ok(Some(result::version_json(version)));
     }

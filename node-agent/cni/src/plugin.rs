@@ -19,7 +19,9 @@ fn agent_error(what: &str, e: ClientError) -> CniError {
             e.to_string(),
         ),
         ClientError::Api { .. } => CniError::new(codes::AGENT_REFUSED, format!("{what}: {e}"), ""),
-        ClientError::Protocol { .. } => CniError::new(codes::IO_FAILURE, format!("{what}: {e}"), ""),
+        ClientError::Protocol { .. } => {
+            CniError::new(codes::IO_FAILURE, format!("{what}: {e}"), "")
+        }
     }
 }
 
@@ -43,7 +45,9 @@ pub async fn add(request: &Request, client: &Client) -> Result<AddResult, CniErr
             e.to_string(),
         ));
     }
-    let owner = request.pod().unwrap_or_else(|| request.container_id.clone());
+    let owner = request
+        .pod()
+        .unwrap_or_else(|| request.container_id.clone());
     let allocation = client
         .allocate_ip(&owner)
         .await

@@ -48,7 +48,11 @@ pub struct Request {
 impl Request {
     /// `<namespace>/<pod>`: the IPAM owner and the endpoint's name in logs.
     pub fn pod(&self) -> Option<String> {
-        Some(format!("{}/{}", self.pod_namespace.as_ref()?, self.pod_name.as_ref()?))
+        Some(format!(
+            "{}/{}",
+            self.pod_namespace.as_ref()?,
+            self.pod_name.as_ref()?
+        ))
     }
 
     /// The host side of the pod's veth: `lxc` + 12 hex digits of the container id's SHA-256,
@@ -143,7 +147,9 @@ pub fn request(env: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Request, 
         env.get(name)
             .filter(|v| !v.is_empty())
             .cloned()
-            .ok_or_else(|| CniError::new(codes::INVALID_ENVIRONMENT, format!("{name} is not set"), ""))
+            .ok_or_else(|| {
+                CniError::new(codes::INVALID_ENVIRONMENT, format!("{name} is not set"), "")
+            })
     };
     let container_id = required("CNI_CONTAINERID")?;
     if !container_id
@@ -152,7 +158,9 @@ pub fn request(env: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Request, 
     {
         return Err(CniError::new(
             codes::INVALID_ENVIRONMENT,
-            format!("CNI_CONTAINERID {container_id:?} has characters other than letters, digits, '_', '.', '-'"),
+            format!(
+                "CNI_CONTAINERID {container_id:?} has characters other than letters, digits, '_', '.', '-'"
+            ),
             "",
         ));
     }
@@ -160,7 +168,9 @@ pub fn request(env: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Request, 
     if ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace) {
         return Err(CniError::new(
             codes::INVALID_ENVIRONMENT,
-            format!("CNI_IFNAME {ifname:?} is not an interface name (at most 15 characters, no '/' or spaces)"),
+            format!(
+                "CNI_IFNAME {ifname:?} is not an interface name (at most 15 characters, no '/' or spaces)"
+            ),
             "",
         ));
     }
@@ -216,7 +226,10 @@ mod tests {
             ("CNI_NETNS", "/var/run/netns/p1"),
             ("CNI_IFNAME", "eth0"),
             ("CNI_PATH", "/opt/cni/bin"),
-            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0"),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0",
+            ),
         ])
     }
 
@@ -240,11 +253,17 @@ mod tests {
         assert_eq!(code(&add_env(), "garbage"), codes::DECODING_FAILURE);
         assert_eq!(code(&add_env(), ""), codes::DECODING_FAILURE);
         assert_eq!(
-            code(&add_env(), r#"{"cniVersion":"2.0.0","name":"c","type":"cilium-cni"}"#),
+            code(
+                &add_env(),
+                r#"{"cniVersion":"2.0.0","name":"c","type":"cilium-cni"}"#
+            ),
             codes::INCOMPATIBLE_VERSION
         );
         assert_eq!(
-            code(&add_env(), r#"{"cniVersion":"1.0.0","name":" ","type":"cilium-cni"}"#),
+            code(
+                &add_env(),
+                r#"{"cniVersion":"1.0.0","name":" ","type":"cilium-cni"}"#
+            ),
             codes::INVALID_NETWORK_CONFIG
         );
         for (key, value) in [
@@ -258,7 +277,11 @@ mod tests {
         ] {
             let mut env = add_env();
             env.insert(key.into(), value.into());
-            assert_eq!(code(&env, CONF), codes::INVALID_ENVIRONMENT, "{key}={value}");
+            assert_eq!(
+                code(&env, CONF),
+                codes::INVALID_ENVIRONMENT,
+                "{key}={value}"
+            );
         }
         let mut env = add_env();
         env.remove("CNI_COMMAND");

@@ -38,10 +38,7 @@ pub enum Error {
         cause: rtnetlink::Error,
     },
     #[error("{what}: {cause}")]
-    Io {
-        what: String,
-        cause: std::io::Error,
-    },
+    Io { what: String, cause: std::io::Error },
     #[error("no network device named {0:?}")]
     NoSuchLink(String),
 }
@@ -217,7 +214,11 @@ impl Netlink {
     pub async fn rename(&self, index: u32, name: &str) -> Result<(), Error> {
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).name(name.to_owned()).build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .name(name.to_owned())
+                    .build(),
+            )
             .execute()
             .await
             .map_err(Error::netlink(format!("renaming device {index} to {name}")))
@@ -259,7 +260,9 @@ impl Netlink {
             .add(index, address.addr(), address.prefix_len())
             .execute()
             .await
-            .map_err(Error::netlink(format!("adding {address} to device {index}")));
+            .map_err(Error::netlink(format!(
+                "adding {address} to device {index}"
+            )));
         match added {
             Err(e) if e.errno() == Some(EEXIST) => Ok(()),
             other => other,
@@ -287,7 +290,10 @@ impl Netlink {
             .del(route_message(route, owned))
             .execute()
             .await
-            .map_err(Error::netlink(format!("deleting route {}", describe(route))));
+            .map_err(Error::netlink(format!(
+                "deleting route {}",
+                describe(route)
+            )));
         match deleted {
             Ok(()) => Ok(true),
             Err(e) if e.errno() == Some(ESRCH) => Ok(false),
@@ -360,8 +366,7 @@ fn parse_route(message: &RouteMessage) -> Option<Route> {
             _ => {}
         }
     }
-    let destination =
-        IpNet::new(destination?, message.header.destination_prefix_length).ok()?;
+    let destination = IpNet::new(destination?, message.header.destination_prefix_length).ok()?;
     Some(Route {
         destination,
         gateway,
