@@ -3,9 +3,9 @@
 //! with `nsenter --net`, so it keeps the host's /sys/fs/bpf) — and pods created as a
 //! container runtime does: a Pod object, a fresh network namespace, `cilium-cni ADD`.
 //!
-//! The agents reach the apiserver at the same `https://127.0.0.1:<port>` as the tests: a
-//! relay listens on the node namespace's loopback and forwards to the host's, as a node-local
-//! apiserver proxy would.
+//! The agents reach the apiserver and etcd at the same `127.0.0.1:<port>` as the tests: a
+//! relay listens on the node namespace's loopback and forwards to the host's, as a
+//! node-local proxy would.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -135,7 +135,8 @@ pub struct AgentNode {
     bpffs: ScratchBpffs,
     agent: Option<Supervised>,
     starts: u32,
-    _relay: Relay,
+    etcd_endpoint: String,
+    _relays: [Relay; 2],
 }
 
 impl AgentNode {
@@ -179,6 +180,7 @@ impl AgentNode {
             .arg(format!("--state-dir={}", self.state_dir().display()))
             .arg(format!("--bpf-root={}", self.bpffs.path().display()))
             .arg(format!("--socket-path={}", self.socket().display()))
+            .arg(format!("--etcd-endpoints={}", self.etcd_endpoint))
             .env("RUST_LOG", "info");
         let log = self.dir.join(format!("agent-{}.log", self.starts));
         let mut agent = Supervised::spawn("cilium-agent", command, &log)?;
@@ -375,12 +377,14 @@ impl Cluster {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let operator = OperatorProcess::start(&bed, "operator", "default", &flags)?;
         let lan = Lan::new()?;
-        let port = bed
-            .apiserver_url()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse::<u16>().ok())
-            .ok_or_else(|| Error::Setup("apiserver URL without a port".into()))?;
+        let port_of = |url: String| {
+            url.rsplit(':')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+                .ok_or_else(|| Error::Setup(format!("{url} has no port")))
+        };
+        let apiserver_port = port_of(bed.apiserver_url())?;
+        let etcd_port = port_of(bed.etcd_endpoint().to_owned())?;
         let mut nodes = Vec::new();
         for i in 0..count {
             let index = u8::try_from(i).map_err(|_| Error::Setup("too many nodes".into()))?;
@@ -393,7 +397,11 @@ impl Cluster {
             let dir = bed.dir().join(&name);
             std::fs::create_dir_all(&dir).map_err(|e| Error::io("node directory", e))?;
             let mut node = AgentNode {
-                _relay: Relay::start(&ns, port)?,
+                _relays: [
+                    Relay::start(&ns, apiserver_port)?,
+                    Relay::start(&ns, etcd_port)?,
+                ],
+                etcd_endpoint: bed.etcd_endpoint().to_owned(),
                 name,
                 ns,
                 ip,

@@ -4,6 +4,7 @@
 
 pub mod cluster_config;
 pub mod etcd;
+pub mod flags;
 pub mod ip;
 pub mod keys;
 pub mod node;

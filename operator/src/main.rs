@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cilium_crds::cli::parse_duration;
 use cilium_identity::LabelFilter;
-use cilium_kvstore::EtcdConfig;
+use cilium_kvstore::flags::KvstoreFlags;
 use cilium_operator::FIELD_MANAGER;
 use cilium_operator::identities::{IdentityConfig, IdentityController};
 use cilium_operator::kvmirror::{Mirror, MirrorConfig};
@@ -78,15 +78,9 @@ struct Args {
     /// Most identities deleted per --identity-gc-rate-interval.
     #[arg(long, default_value_t = 2500)]
     identity_gc_rate_limit: usize,
-    /// kvstore type; only `etcd` exists. The mirror runs when etcd is configured.
-    #[arg(long)]
-    kvstore: Option<String>,
-    /// kvstore options, `etcd.config=<file>` (Cilium's etcd YAML with endpoints and TLS files).
-    #[arg(long = "kvstore-opt", value_delimiter = ',')]
-    kvstore_opts: Vec<String>,
-    /// etcd endpoints, instead of an etcd.config file.
-    #[arg(long, value_delimiter = ',')]
-    etcd_endpoints: Vec<String>,
+    /// The kvstore; the mirror runs when etcd is configured.
+    #[command(flatten)]
+    kvstore: KvstoreFlags,
     /// TTL of the lease the mirror's keys are written under.
     #[arg(long, default_value = "15m", value_parser = parse_duration)]
     kvstore_lease_ttl: Duration,
@@ -134,37 +128,8 @@ impl Args {
 
     /// The mirror's settings, or None when no etcd is configured.
     fn mirror_config(&self) -> anyhow::Result<Option<MirrorConfig>> {
-        if let Some(kind) = &self.kvstore {
-            anyhow::ensure!(
-                kind == "etcd" || kind.is_empty(),
-                "--kvstore={kind:?}: only \"etcd\" is supported"
-            );
-        }
-        let mut config_file = None;
-        for opt in &self.kvstore_opts {
-            match opt.split_once('=') {
-                Some(("etcd.config", path)) => config_file = Some(std::path::PathBuf::from(path)),
-                Some((key, _)) => {
-                    anyhow::bail!("--kvstore-opt {key:?} is not supported (etcd.config is)")
-                }
-                None => anyhow::bail!("--kvstore-opt {opt:?} is not key=value"),
-            }
-        }
-        let etcd = match (config_file, self.etcd_endpoints.is_empty()) {
-            (Some(_), false) => {
-                anyhow::bail!("set either --kvstore-opt etcd.config or --etcd-endpoints, not both")
-            }
-            (Some(path), true) => EtcdConfig::from_file(&path)?,
-            (None, false) => {
-                for endpoint in &self.etcd_endpoints {
-                    anyhow::ensure!(
-                        endpoint.starts_with("http://") || endpoint.starts_with("https://"),
-                        "--etcd-endpoints {endpoint:?} must start with http:// or https://"
-                    );
-                }
-                EtcdConfig::from_endpoints(self.etcd_endpoints.clone())
-            }
-            (None, true) => return Ok(None),
+        let Some(etcd) = self.kvstore.etcd_config().map_err(anyhow::Error::msg)? else {
+            return Ok(None);
         };
         anyhow::ensure!(
             self.kvstore_lease_ttl >= Duration::from_secs(2),

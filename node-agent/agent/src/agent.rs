@@ -84,6 +84,8 @@ pub struct Agent {
     /// Wakes the reconciler after a change it must publish (CiliumEndpoints, ipcache).
     changed: Waker,
     synced: AtomicBool,
+    /// `Disabled`, `Ok: ...` or `Failure: ...`.
+    kvstore: Mutex<String>,
 }
 
 /// Every endpoint gets an allow-all policy map until the policy engine computes its own.
@@ -163,6 +165,7 @@ impl Agent {
             store,
             changed,
             synced: AtomicBool::new(false),
+            kvstore: Mutex::new("Disabled".into()),
         })
     }
 
@@ -172,6 +175,10 @@ impl Agent {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_kvstore_status(&self, status: String) {
+        *self.kvstore.lock().unwrap_or_else(|p| p.into_inner()) = status;
     }
 
     pub fn set_synced(&self) {
@@ -478,6 +485,11 @@ impl Agent {
             endpoints: self.lock().endpoints.len(),
             ipam,
             kubernetes_synced: self.synced.load(Ordering::Relaxed),
+            kvstore: self
+                .kvstore
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod cep;
 pub mod endpoints;
 pub mod ipam;
 pub mod ipcache;
+pub mod kvstore;
 pub mod node;
 pub mod routes;
 pub mod sync;

@@ -11,6 +11,7 @@ use cilium_crds::cache::Waker;
 use cilium_crds::cli::parse_duration;
 use cilium_datapath::{Datapath, DatapathConfig};
 use cilium_identity::LabelFilter;
+use cilium_kvstore::flags::KvstoreFlags;
 use clap::Parser;
 
 /// The cilium-rs node agent. Flags follow Cilium's agent where it has the same one.
@@ -43,6 +44,9 @@ struct Args {
     /// Identity-relevant label patterns (as the operator's `--labels`).
     #[arg(long = "labels", value_delimiter = ',')]
     labels: Vec<String>,
+    /// The kvstore (etcd) this cluster's state is mirrored to; its health is reported.
+    #[command(flatten)]
+    kvstore: KvstoreFlags,
     /// How often expired connection-tracking entries are removed.
     #[arg(long = "conntrack-gc-interval", default_value = "60s", value_parser = parse_duration)]
     ct_gc_interval: Duration,
@@ -70,6 +74,7 @@ async fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     // Every flag is checked before anything is touched.
     let filter = LabelFilter::new(&args.labels).context("--labels")?;
+    let etcd = args.kvstore.etcd_config().map_err(anyhow::Error::msg)?;
     let datapath_config = DatapathConfig {
         bpffs_root: args.bpf_root.clone(),
         policy_map_max: args.policy_map_max,
@@ -99,6 +104,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let restored = agent.restore()?;
     tracing::info!(restored, "endpoints restored");
 
+    if let Some(etcd) = etcd {
+        tokio::spawn(cilium_agent::kvstore::watch_health(etcd, agent.clone()));
+    }
     let listener = cilium_agent::api::listen(&args.socket_path)
         .with_context(|| format!("listening on {}", args.socket_path.display()))?;
     tracing::info!(socket = %args.socket_path.display(), "API listening");

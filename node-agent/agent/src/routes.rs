@@ -54,6 +54,26 @@ pub fn desired<'a>(
     routes
 }
 
+/// The routes to delete and to add to turn `current` (as the kernel lists them, with the
+/// output device it resolved) into `wanted`. Routes are compared by destination and gateway
+/// only, so a route the kernel reports with its device is not replaced on every pass.
+pub fn changes(current: &[Route], wanted: &BTreeSet<Route>) -> (Vec<Route>, Vec<Route>) {
+    let key = |r: &Route| (r.destination, r.gateway);
+    let current_keys: BTreeSet<_> = current.iter().map(key).collect();
+    let wanted_keys: BTreeSet<_> = wanted.iter().map(key).collect();
+    let delete = current
+        .iter()
+        .filter(|r| !wanted_keys.contains(&key(r)))
+        .copied()
+        .collect();
+    let add = wanted
+        .iter()
+        .filter(|r| !current_keys.contains(&key(r)))
+        .copied()
+        .collect();
+    (delete, add)
+}
+
 #[cfg(test)]
 mod tests {
     use cilium_crds::node::IpamSpec;
@@ -93,6 +113,18 @@ mod tests {
             gateway: Some("192.168.60.12".parse().expect("ip")),
             device: None,
         };
-        assert_eq!(routes.into_iter().collect::<Vec<_>>(), vec![expected]);
+        assert_eq!(routes.iter().copied().collect::<Vec<_>>(), vec![expected]);
+
+        // The kernel lists the route with the device it resolved: nothing to change.
+        let listed = Route {
+            device: Some(2),
+            ..expected
+        };
+        assert_eq!(changes(&[listed], &routes), (vec![], vec![]));
+        let stale = Route {
+            destination: "10.0.9.0/24".parse().expect("cidr"),
+            ..listed
+        };
+        assert_eq!(changes(&[stale], &routes), (vec![stale], vec![expected]));
     }
 }

@@ -245,11 +245,12 @@ impl Reconciler {
         let node = self.agent.node();
         let wanted = routes::desired(&node.name, &node.cidrs(), nodes.iter().map(Arc::as_ref));
         let current = netlink.owned_routes().await?;
-        for route in current.iter().filter(|r| !wanted.contains(r)) {
+        let (delete, add) = routes::changes(&current, &wanted);
+        for route in &delete {
             netlink.delete_route(route, true).await?;
             tracing::info!(destination = %route.destination, "removed route");
         }
-        for route in wanted.iter().filter(|r| !current.contains(r)) {
+        for route in &add {
             netlink.replace_route(route, true).await?;
             tracing::info!(destination = %route.destination, gateway = ?route.gateway, "added route");
         }

@@ -92,6 +92,8 @@ pub struct StatusResponse {
     pub endpoints: usize,
     /// Whether the agent's caches of the cluster's objects are synced.
     pub kubernetes_synced: bool,
+    /// `Disabled` (no kvstore configured), `Ok: etcd <endpoints>` or `Failure: <why>`.
+    pub kvstore: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
