@@ -59,6 +59,29 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
     Ok(kube::Client::try_from(config)?)
 }
 
+/// Logs to stderr at `RUST_LOG` (default `info`), coloured only on a terminal: logs that
+/// go to files and journald stay plain text.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+}
+
+/// The exit code of a binary named `program` whose work ended with `outcome`; an error is
+/// printed as one line with its causes.
+pub fn exit_code(program: &str, outcome: anyhow::Result<()>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

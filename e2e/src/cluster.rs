@@ -259,10 +259,18 @@ impl AgentNode {
             },
         });
         bed.kubectl_run(&["apply", "-f", "-"], Some(&pod.to_string()))?;
+        self.wire_pod(namespace, name)
+    }
+
+    /// The runtime's part for an existing Pod object: a new network namespace and
+    /// `cilium-cni ADD`.
+    pub fn wire_pod(&self, namespace: &str, name: &str) -> Result<CniPod, Error> {
         let ns = NetNs::new("pod")?;
         let container_id = format!("{}-{name}", ns.name());
         let env = cni_env("ADD", &container_id, &ns, namespace, name);
+        let started = std::time::Instant::now();
         let output = self.cni(&as_pairs(&env), &self.net_conf())?;
+        let add_time = started.elapsed();
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         if !output.status.success() {
             return Err(Error::Command {
@@ -284,6 +292,7 @@ impl AgentNode {
             container_id,
             ip,
             result,
+            add_time,
         })
     }
 
@@ -328,6 +337,8 @@ pub struct CniPod {
     pub ip: Ipv4Addr,
     /// What ADD printed.
     pub result: serde_json::Value,
+    /// How long `cilium-cni ADD` took.
+    pub add_time: Duration,
 }
 
 /// `GET path` on an agent's unix socket: the status and the body, or None if it does not

@@ -54,21 +54,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        // Colours only on a terminal: logs go to files and journald as plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let args = Args::parse();
-    match run(args).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cilium-agent: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    cilium_crds::cli::init_logging();
+    cilium_crds::cli::exit_code("cilium-agent", run(Args::parse()).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

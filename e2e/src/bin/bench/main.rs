@@ -1,8 +1,9 @@
 //! `make bench`: the speed and memory numbers of the issues, printed, never asserted (the
 //! machines are shared and noisy). Runs on its own cluster-in-a-box with release binaries.
 //!
-//! `bench [podcidr] [identity] [datapath]` runs the named benchmarks (all when none is named).
+//! `bench [podcidr] [identity] [cni] [datapath]` runs the named benchmarks (all when none is named).
 
+mod cni;
 mod datapath;
 mod identity;
 mod podcidr;
@@ -26,6 +27,9 @@ fn main() -> ExitCode {
     }
     if runs("identity") {
         report("identity", runtime.block_on(identity::run()), &mut failed);
+    }
+    if runs("cni") {
+        report("cni", cni::run(), &mut failed);
     }
     if runs("datapath") {
         report("datapath", datapath::run(), &mut failed);
