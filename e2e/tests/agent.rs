@@ -334,8 +334,28 @@ fn pods_are_networked_within_and_across_nodes_and_survive_an_agent_restart() {
 
     bad_input_changes_nothing(&mut cluster, &a1, &b1);
 
-    // DEL (twice: it is idempotent) and the Pod's deletion free the address and the CEP.
+    // CHECK: the endpoint and both ends of the veth are there.
     let node1 = &cluster.nodes[0];
+    let check = |pod: &CniPod| {
+        let env = cni_env(
+            "CHECK",
+            &pod.container_id,
+            &pod.ns,
+            &pod.namespace,
+            &pod.name,
+        );
+        node1
+            .cni(&as_pairs(&env), &node1.net_conf())
+            .expect("cilium-cni CHECK runs")
+    };
+    let checked = check(&a2);
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+
+    // DEL (twice: it is idempotent) and the Pod's deletion free the address and the CEP.
     let used_before = agent_status(node1)["ipam"]["used"].as_u64().expect("used");
     for attempt in 1..=2 {
         let output = node1.del_pod(&a2).expect("cilium-cni DEL runs");
@@ -346,6 +366,8 @@ fn pods_are_networked_within_and_across_nodes_and_survive_an_agent_restart() {
         );
         assert!(output.stdout.is_empty(), "DEL prints nothing on success");
     }
+    let gone: Value = serde_json::from_slice(&check(&a2).stdout).expect("a CNI error");
+    assert_eq!(gone["code"], 3, "CHECK after DEL: {gone}");
     cluster
         .bed
         .kubectl_run(&["delete", "pod", "a2", "--wait=false"], None)
