@@ -1,0 +1,517 @@
+//! One endpoint's policy: which rules select it, whether each direction is enforced, and
+//! the policy map entries — every selected peer identity (or the wildcard 0) × every L4
+//! match, allows and denies, deny winning in the datapath.
+
+use std::collections::BTreeSet;
+
+use cilium_datapath::{Direction, L4Match, PolicyKey, PolicyMap, Verdict};
+use cilium_identity::{LabelSet, ReservedIdentity};
+
+use crate::cache::{CidrIdentities, SelectorCache};
+use crate::rules::{Peer, PeerRule, Rule};
+use crate::selector::Selector;
+
+/// The wildcard identity of the policy map: any peer.
+const ANY_PEER: u32 = 0;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPolicy {
+    pub map: PolicyMap,
+    pub ingress_enforced: bool,
+    pub egress_enforced: bool,
+    /// Some selecting rule has L7 rules, of which only the L4 part is enforced.
+    pub l7_not_enforced: bool,
+}
+
+fn sections(rule: &Rule, direction: Direction) -> (&[PeerRule], &[PeerRule], bool) {
+    match direction {
+        Direction::Ingress => (&rule.ingress, &rule.ingress_deny, rule.default_deny_ingress),
+        Direction::Egress => (&rule.egress, &rule.egress_deny, rule.default_deny_egress),
+    }
+}
+
+/// The identities a section's peers stand for, with `requires` ANDed into selectors.
+fn peer_identities(
+    section: &PeerRule,
+    requires: &[Selector],
+    cache: &mut SelectorCache,
+    cidrs: &CidrIdentities,
+) -> BTreeSet<u32> {
+    let mut identities = BTreeSet::new();
+    for peer in &section.peers {
+        match peer {
+            Peer::Endpoints(selector) => {
+                let selector = requires.iter().fold(selector.clone(), |s, r| s.and(r));
+                if selector.is_all() {
+                    identities.insert(ANY_PEER);
+                } else {
+                    identities.extend(cache.selected(&selector).iter().copied());
+                }
+            }
+            Peer::Cidr { cidr, except } => {
+                identities.extend(
+                    cidrs
+                        .iter()
+                        .filter(|(prefix, _)| {
+                            cidr.contains(prefix) && !except.iter().any(|e| e.contains(prefix))
+                        })
+                        .map(|(_, id)| id),
+                );
+            }
+        }
+    }
+    identities
+}
+
+fn entries(
+    section: &PeerRule,
+    direction: Direction,
+    verdict: Verdict,
+    requires: &[Selector],
+    cache: &mut SelectorCache,
+    cidrs: &CidrIdentities,
+) -> Vec<(PolicyKey, Verdict)> {
+    let l4: Vec<L4Match> = if section.l4.is_empty() {
+        vec![L4Match::Any]
+    } else {
+        section.l4.clone()
+    };
+    let identities = peer_identities(section, requires, cache, cidrs);
+    identities
+        .into_iter()
+        .flat_map(|identity| {
+            l4.iter().map(move |l4| {
+                (
+                    PolicyKey {
+                        identity,
+                        direction,
+                        l4: *l4,
+                    },
+                    verdict,
+                )
+            })
+        })
+        .collect()
+}
+
+/// The policy of the endpoint whose identity has `labels`.
+pub fn endpoint_policy(
+    rules: &[Rule],
+    labels: &LabelSet,
+    cache: &mut SelectorCache,
+    cidrs: &CidrIdentities,
+) -> EndpointPolicy {
+    let selecting: Vec<&Rule> = rules.iter().filter(|r| r.subject.matches(labels)).collect();
+    let mut all = Vec::new();
+    let mut enforced = [false, false];
+    for (slot, direction) in [Direction::Ingress, Direction::Egress]
+        .into_iter()
+        .enumerate()
+    {
+        let requires: Vec<Selector> = selecting
+            .iter()
+            .flat_map(|r| {
+                let (allow, deny, _) = sections(r, direction);
+                allow.iter().chain(deny)
+            })
+            .flat_map(|s| s.requires.iter().cloned())
+            .collect();
+        enforced[slot] = selecting.iter().any(|r| sections(r, direction).2);
+        if enforced[slot] {
+            if direction == Direction::Ingress {
+                // As Cilium's default `allow-localhost`: the node itself (kubelet probes)
+                // always reaches its pods; a deny rule can still say otherwise.
+                all.push((
+                    PolicyKey {
+                        identity: ReservedIdentity::Host.id().0,
+                        direction,
+                        l4: L4Match::Any,
+                    },
+                    Verdict::Allow,
+                ));
+            }
+        } else {
+            all.push((PolicyKey::allow_all(direction), Verdict::Allow));
+        }
+        for rule in &selecting {
+            let (allow, deny, _) = sections(rule, direction);
+            for section in allow {
+                all.extend(entries(
+                    section,
+                    direction,
+                    Verdict::Allow,
+                    &requires,
+                    cache,
+                    cidrs,
+                ));
+            }
+            for section in deny {
+                all.extend(entries(
+                    section,
+                    direction,
+                    Verdict::Deny,
+                    &requires,
+                    cache,
+                    cidrs,
+                ));
+            }
+        }
+    }
+    EndpointPolicy {
+        map: PolicyMap::new(all),
+        ingress_enforced: enforced[0],
+        egress_enforced: enforced[1],
+        l7_not_enforced: selecting
+            .iter()
+            .any(|r| r.ingress.iter().chain(&r.egress).any(|s| s.has_l7)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    use cilium_crds::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy};
+    use cilium_datapath::policy::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+    use cilium_identity::Label;
+    use ipnet::IpNet;
+
+    use super::*;
+    use crate::cache::reserved_identities;
+    use crate::rules::{parse_ccnp, parse_cnp};
+
+    const DB: u32 = 300;
+    const EMPLOYEE: u32 = 301;
+    const STRANGER: u32 = 302;
+    const ISTIO_EMPLOYEE: u32 = 303;
+
+    fn pod(app: &str, namespace: &str) -> LabelSet {
+        [
+            Label::k8s("app", app),
+            Label::k8s("io.kubernetes.pod.namespace", namespace),
+            Label::k8s("io.cilium.k8s.policy.cluster", "c1"),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    struct World {
+        rules: Vec<Rule>,
+        cache: SelectorCache,
+        cidrs: CidrIdentities,
+    }
+
+    impl World {
+        fn new(policies: &[&str]) -> Self {
+            let mut rules = Vec::new();
+            for yaml in policies {
+                let parsed = if yaml.contains("CiliumClusterwideNetworkPolicy") {
+                    let ccnp: CiliumClusterwideNetworkPolicy =
+                        serde_yaml::from_str(yaml).expect("ccnp");
+                    parse_ccnp(&ccnp, "c1")
+                } else {
+                    let cnp: CiliumNetworkPolicy = serde_yaml::from_str(yaml).expect("cnp");
+                    parse_cnp(&cnp, "c1")
+                };
+                rules.extend(parsed.expect("valid policy"));
+            }
+            let mut cidrs = CidrIdentities::default();
+            cidrs.update(&rules);
+            let mut identities = reserved_identities();
+            identities.extend([
+                (DB, pod("protected-db", "default")),
+                (EMPLOYEE, pod("employee", "default")),
+                (STRANGER, pod("stranger", "default")),
+                (ISTIO_EMPLOYEE, pod("employee", "istio-space")),
+            ]);
+            identities.extend(cidrs.identities());
+            let mut cache = SelectorCache::default();
+            cache.update_identities(identities);
+            World {
+                rules,
+                cache,
+                cidrs,
+            }
+        }
+
+        fn policy(&mut self, identity: u32) -> EndpointPolicy {
+            let labels = self.cache.identities()[&identity].clone();
+            endpoint_policy(&self.rules, &labels, &mut self.cache, &self.cidrs)
+        }
+
+        /// The datapath's verdict for a packet to (ingress) or from (egress) `identity`.
+        fn allows(
+            &mut self,
+            endpoint: u32,
+            direction: Direction,
+            peer: u32,
+            protocol: u8,
+            port: u16,
+        ) -> bool {
+            self.policy(endpoint)
+                .map
+                .decide(peer, direction, protocol, port)
+                == Some(Verdict::Allow)
+        }
+
+        fn cidr_identity(&self, prefix: &str) -> u32 {
+            let prefix: IpNet = prefix.parse().expect("prefix");
+            self.cidrs
+                .iter()
+                .find(|(p, _)| *p == prefix)
+                .map(|(_, id)| id)
+                .expect("a CIDR identity")
+        }
+    }
+
+    /// The L4 policy of the clustermesh source document, on one cluster.
+    const PROTECTED_DB: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: allow-employees, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: protected-db}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {app: employee}
+    - matchLabels: {app: employee, k8s:io.kubernetes.pod.namespace: istio-space}
+    toPorts:
+    - ports: [{port: "6379", protocol: TCP}]
+"#;
+
+    #[test]
+    fn the_protected_db_admits_both_employees_on_6379_only() {
+        let mut world = World::new(&[PROTECTED_DB]);
+        let db = world.policy(DB);
+        assert!(db.ingress_enforced && !db.egress_enforced);
+        for employee in [EMPLOYEE, ISTIO_EMPLOYEE] {
+            assert!(world.allows(DB, Direction::Ingress, employee, PROTO_TCP, 6379));
+            assert!(!world.allows(DB, Direction::Ingress, employee, PROTO_TCP, 6380));
+            assert!(!world.allows(DB, Direction::Ingress, employee, PROTO_UDP, 6379));
+        }
+        assert!(!world.allows(DB, Direction::Ingress, STRANGER, PROTO_TCP, 6379));
+        assert!(
+            !world.allows(DB, Direction::Ingress, 2, PROTO_TCP, 6379),
+            "world"
+        );
+        assert!(
+            world.allows(DB, Direction::Ingress, 1, PROTO_TCP, 22),
+            "the local host"
+        );
+        assert!(
+            world.allows(DB, Direction::Egress, STRANGER, PROTO_TCP, 80),
+            "egress open"
+        );
+        // Endpoints the policy does not select are not enforced at all.
+        let stranger = world.policy(STRANGER);
+        assert!(!stranger.ingress_enforced && !stranger.egress_enforced);
+        assert!(world.allows(STRANGER, Direction::Ingress, 2, PROTO_TCP, 1));
+    }
+
+    #[test]
+    fn the_implied_namespace_keeps_other_namespaces_out() {
+        let only_default = PROTECTED_DB.replace(
+            "    - matchLabels: {app: employee, k8s:io.kubernetes.pod.namespace: istio-space}\n",
+            "",
+        );
+        let mut world = World::new(&[&only_default]);
+        assert!(world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 6379));
+        assert!(!world.allows(DB, Direction::Ingress, ISTIO_EMPLOYEE, PROTO_TCP, 6379));
+        // And the policy only selects pods of its own namespace.
+        let elsewhere = only_default.replace("app: protected-db", "app: employee");
+        let mut world = World::new(&[&elsewhere]);
+        assert!(world.policy(EMPLOYEE).ingress_enforced);
+        assert!(!world.policy(ISTIO_EMPLOYEE).ingress_enforced);
+    }
+
+    #[test]
+    fn deny_beats_allow_and_ports_ranges_and_any() {
+        let policy = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: protected-db}}
+  ingress:
+  - fromEntities: [all]
+    toPorts: [{ports: [{port: "8000", endPort: 8099, protocol: TCP}, {port: "53", protocol: ANY}]}]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: stranger}}]
+"#;
+        let mut world = World::new(&[policy]);
+        assert!(world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 8042));
+        assert!(
+            world.allows(DB, Direction::Ingress, 2, PROTO_TCP, 8099),
+            "all includes world"
+        );
+        assert!(!world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 8100));
+        assert!(world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_UDP, 53));
+        assert!(world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 53));
+        assert!(
+            !world.allows(DB, Direction::Ingress, STRANGER, PROTO_TCP, 8042),
+            "deny wins"
+        );
+    }
+
+    #[test]
+    fn egress_entities_and_cidrs_with_except() {
+        let policy = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: employee}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: protected-db}}]
+  - toEntities: [host]
+  - toCIDRSet: [{cidr: 198.51.100.0/24, except: [198.51.100.128/25]}]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+  - icmps: [{fields: [{type: EchoRequest}]}]
+    toEndpoints: [{matchLabels: {app: stranger}}]
+"#;
+        let mut world = World::new(&[policy]);
+        let inside = world.cidr_identity("198.51.100.0/24");
+        let excepted = world.cidr_identity("198.51.100.128/25");
+        assert!(world.policy(EMPLOYEE).egress_enforced);
+        assert!(world.allows(EMPLOYEE, Direction::Egress, DB, PROTO_TCP, 5432));
+        assert!(
+            world.allows(EMPLOYEE, Direction::Egress, 1, PROTO_UDP, 53),
+            "host"
+        );
+        assert!(world.allows(EMPLOYEE, Direction::Egress, inside, PROTO_TCP, 443));
+        assert!(!world.allows(EMPLOYEE, Direction::Egress, inside, PROTO_TCP, 80));
+        assert!(
+            !world.allows(EMPLOYEE, Direction::Egress, excepted, PROTO_TCP, 443),
+            "except"
+        );
+        assert!(
+            !world.allows(EMPLOYEE, Direction::Egress, 2, PROTO_TCP, 443),
+            "rest of world"
+        );
+        assert!(world.allows(EMPLOYEE, Direction::Egress, STRANGER, PROTO_ICMP, 8));
+        assert!(!world.allows(EMPLOYEE, Direction::Egress, STRANGER, PROTO_ICMP, 13));
+        assert!(!world.allows(EMPLOYEE, Direction::Egress, STRANGER, PROTO_TCP, 8));
+        // A world entity rule selects the CIDR identities too (they are outside the cluster).
+        let world_rule = policy.replace("toEntities: [host]", "toEntities: [world]");
+        let mut world = World::new(&[&world_rule]);
+        let inside = world.cidr_identity("198.51.100.0/24");
+        assert!(world.allows(EMPLOYEE, Direction::Egress, inside, PROTO_TCP, 80));
+        assert!(world.allows(EMPLOYEE, Direction::Egress, 2, PROTO_TCP, 80));
+    }
+
+    #[test]
+    fn requires_narrow_every_peer_and_cluster_entity() {
+        let policy = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: default}
+specs:
+- endpointSelector: {matchLabels: {app: protected-db}}
+  ingress:
+  - fromRequires: [{matchLabels: {app: employee}}]
+- endpointSelector: {matchLabels: {app: protected-db}}
+  ingress:
+  - fromEndpoints: [{}]
+"#;
+        let mut world = World::new(&[policy]);
+        assert!(world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 1));
+        assert!(!world.allows(DB, Direction::Ingress, STRANGER, PROTO_TCP, 1));
+        let cluster = r#"
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: c}
+spec:
+  endpointSelector: {matchLabels: {app: protected-db}}
+  ingress:
+  - fromEntities: [cluster]
+"#;
+        let mut world = World::new(&[cluster]);
+        for peer in [EMPLOYEE, ISTIO_EMPLOYEE, STRANGER, 1, 6] {
+            assert!(
+                world.allows(DB, Direction::Ingress, peer, PROTO_TCP, 1),
+                "{peer}"
+            );
+        }
+        assert!(
+            !world.allows(DB, Direction::Ingress, 2, PROTO_TCP, 1),
+            "world is not cluster"
+        );
+    }
+
+    #[test]
+    fn a_new_identity_is_selected_incrementally() {
+        let mut world = World::new(&[PROTECTED_DB]);
+        let before = world.policy(DB).map;
+        let mut identities = world.cache.identities().clone();
+        identities.insert(304, pod("employee", "default"));
+        assert_eq!(world.cache.update_identities(identities), 1);
+        let after = world.policy(DB).map;
+        assert_ne!(before, after);
+        assert!(world.allows(DB, Direction::Ingress, 304, PROTO_TCP, 6379));
+    }
+
+    #[test]
+    fn default_deny_can_be_turned_off_and_l7_is_flagged() {
+        let policy = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: protected-db}}
+  enableDefaultDeny: {ingress: false}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: employee}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET}]}}]
+"#;
+        let mut world = World::new(&[policy]);
+        let db = world.policy(DB);
+        assert!(!db.ingress_enforced);
+        assert!(db.l7_not_enforced);
+        assert!(world.allows(DB, Direction::Ingress, STRANGER, PROTO_TCP, 22));
+    }
+
+    #[test]
+    fn unusable_policies_are_rejected_whole() {
+        let named = PROTECTED_DB.replace("port: \"6379\"", "port: redis");
+        let cnp: CiliumNetworkPolicy = serde_yaml::from_str(&named).expect("cnp");
+        let problems = parse_cnp(&cnp, "c1").expect_err("named ports are not supported");
+        assert!(
+            problems[0].contains("spec.ingress[0].toPorts[0].ports[0].port"),
+            "{problems:?}"
+        );
+        let bad_cidr = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: default}
+spec:
+  endpointSelector: {}
+  egress: [{toCIDR: [10.0.0.0/33]}]
+"#;
+        let cnp: CiliumNetworkPolicy = serde_yaml::from_str(bad_cidr).expect("cnp");
+        assert!(parse_cnp(&cnp, "c1").is_err());
+    }
+
+    #[test]
+    fn cidr_numbers_stay_with_their_prefix() {
+        let mut world = World::new(&[r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: default}
+spec:
+  endpointSelector: {}
+  egress: [{toCIDR: [192.0.2.0/24, 203.0.113.0/24]}]
+"#]);
+        let kept = world.cidr_identity("203.0.113.0/24");
+        let only_second: Vec<Rule> = world
+            .rules
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                r.egress[0].peers.remove(0);
+                r
+            })
+            .collect();
+        world.cidrs.update(&only_second);
+        assert_eq!(world.cidr_identity("203.0.113.0/24"), kept);
+        assert_eq!(world.cidrs.iter().count(), 1);
+    }
+}

@@ -1,0 +1,497 @@
+//! From policy objects to rules: the implied namespace, entities and CIDRs as peers, ports
+//! as datapath L4 matches. A policy that cannot be turned whole into rules is rejected
+//! with every reason, and none of its rules is used.
+
+use std::fmt;
+
+use cilium_crds::policy::{
+    CidrRule, Entity, IcmpFamily, IcmpRule, PortProtocol, Protocol, Rule as ApiRule,
+};
+use cilium_crds::selector::EndpointSelector;
+use cilium_crds::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy};
+use cilium_datapath::L4Match;
+use cilium_datapath::policy::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::selector::Selector;
+
+const PROTO_SCTP: u8 = 132;
+/// The namespace label every pod identity carries.
+pub const NAMESPACE_KEY: &str = "io.kubernetes.pod.namespace";
+/// The cluster label every pod identity carries.
+pub const CLUSTER_KEY: &str = "io.cilium.k8s.policy.cluster";
+
+/// Which policy a rule came from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyRef {
+    /// None for a CiliumClusterwideNetworkPolicy.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "CiliumNetworkPolicy {ns}/{}", self.name),
+            None => write!(f, "CiliumClusterwideNetworkPolicy {}", self.name),
+        }
+    }
+}
+
+/// Who a rule admits (or denies).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Peer {
+    /// Identities whose labels match (entities are selectors on reserved labels).
+    Endpoints(Selector),
+    /// CIDR identities inside `cidr` and outside every `except`.
+    Cidr { cidr: IpNet, except: Vec<IpNet> },
+}
+
+/// One ingress or egress section of a rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRule {
+    pub peers: Vec<Peer>,
+    /// `fromRequires` / `toRequires`: every selecting rule's are ANDed into every peer
+    /// selector for the endpoint.
+    pub requires: Vec<Selector>,
+    /// Empty: every protocol and port.
+    pub l4: Vec<L4Match>,
+    /// The section has L7 rules (enforced at L4 only).
+    pub has_l7: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub source: PolicyRef,
+    /// Endpoints the rule applies to.
+    pub subject: Selector,
+    pub ingress: Vec<PeerRule>,
+    pub ingress_deny: Vec<PeerRule>,
+    pub egress: Vec<PeerRule>,
+    pub egress_deny: Vec<PeerRule>,
+    /// Whether the endpoints it selects become default-deny in that direction.
+    pub default_deny_ingress: bool,
+    pub default_deny_egress: bool,
+}
+
+/// What a policy is read against.
+struct Context<'a> {
+    /// The namespace of a CNP, implied on its selectors.
+    namespace: Option<&'a str>,
+    cluster: &'a str,
+    problems: Vec<String>,
+}
+
+impl Context<'_> {
+    /// A peer selector, with the policy's namespace unless it names one or names reserved
+    /// identities.
+    fn peer_selector(&self, selector: &EndpointSelector) -> Selector {
+        let selector = Selector::from_api(selector);
+        match self.namespace {
+            Some(ns) if !selector.constrains(NAMESPACE_KEY) && !selector.is_reserved() => {
+                selector.and(&Selector::label(Some("k8s"), NAMESPACE_KEY, ns))
+            }
+            _ => selector,
+        }
+    }
+
+    fn entity(&self, entity: Entity) -> Vec<Peer> {
+        let reserved = |name: &str| Peer::Endpoints(Selector::reserved(name));
+        match entity {
+            Entity::All => vec![Peer::Endpoints(Selector::all())],
+            Entity::World | Entity::WorldIpv4 | Entity::WorldIpv6 => vec![reserved("world")],
+            Entity::Host => vec![reserved("host")],
+            Entity::RemoteNode => vec![reserved("remote-node")],
+            Entity::Health => vec![reserved("health")],
+            Entity::Init => vec![reserved("init")],
+            Entity::Ingress => vec![reserved("ingress")],
+            Entity::Unmanaged => vec![reserved("unmanaged")],
+            Entity::KubeApiserver => vec![reserved("kube-apiserver")],
+            Entity::None => vec![],
+            Entity::Cluster => {
+                let mut peers: Vec<Peer> = [
+                    "host",
+                    "remote-node",
+                    "init",
+                    "health",
+                    "ingress",
+                    "unmanaged",
+                ]
+                .into_iter()
+                .map(reserved)
+                .collect();
+                peers.push(Peer::Endpoints(Selector::label(
+                    Some("k8s"),
+                    CLUSTER_KEY,
+                    self.cluster,
+                )));
+                peers
+            }
+        }
+    }
+
+    fn cidr(&mut self, path: &str, text: &str) -> Option<IpNet> {
+        match text.parse::<IpNet>() {
+            Ok(net) => Some(net.trunc()),
+            Err(e) => {
+                self.problems.push(format!("{path}: {text:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn cidr_set(&mut self, path: &str, set: &CidrRule) -> Option<Peer> {
+        let cidr = self.cidr(&format!("{path}.cidr"), &set.cidr.0)?;
+        let mut except = Vec::new();
+        for (i, e) in set.except.iter().flatten().enumerate() {
+            except.extend(self.cidr(&format!("{path}.except[{i}]"), &e.0));
+        }
+        Some(Peer::Cidr { cidr, except })
+    }
+
+    fn ports(&mut self, path: &str, ports: &[PortProtocol]) -> Vec<L4Match> {
+        let mut matches = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let protocols: &[u8] = match port.protocol.unwrap_or_default() {
+                Protocol::Tcp => &[PROTO_TCP],
+                Protocol::Udp => &[PROTO_UDP],
+                Protocol::Sctp => &[PROTO_SCTP],
+                Protocol::Any => &[PROTO_TCP, PROTO_UDP, PROTO_SCTP],
+            };
+            let Ok(first) = port.port.parse::<u16>() else {
+                self.problems.push(format!(
+                    "{path}[{i}].port: named port {:?} is not supported yet; use its number",
+                    port.port
+                ));
+                continue;
+            };
+            let last = match port.end_port.map(u16::try_from) {
+                None => first,
+                Some(Ok(last)) if last >= first => last,
+                Some(_) => {
+                    self.problems.push(format!(
+                        "{path}[{i}].endPort: must be from {first} to 65535"
+                    ));
+                    continue;
+                }
+            };
+            for &protocol in protocols {
+                if first == 0 {
+                    matches.push(L4Match::Protocol(protocol));
+                } else {
+                    matches.extend(L4Match::port_range(protocol, first, last));
+                }
+            }
+        }
+        matches
+    }
+
+    fn icmps(&mut self, path: &str, rules: &[IcmpRule]) -> Vec<L4Match> {
+        let mut matches = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            for (j, field) in rule.fields.iter().flatten().enumerate() {
+                let v6 = field.family == Some(IcmpFamily::IPv6);
+                let protocol = if v6 { PROTO_ICMPV6 } else { PROTO_ICMP };
+                match icmp_type(&field.icmp_type, v6) {
+                    Some(t) => matches.push(L4Match::port(protocol, u16::from(t))),
+                    None => self.problems.push(format!(
+                        "{path}[{i}].fields[{j}].type: {:?} is not a known ICMP type",
+                        field.icmp_type
+                    )),
+                }
+            }
+        }
+        matches
+    }
+}
+
+/// The number of an ICMP type given as a number or by Cilium's name.
+fn icmp_type(value: &IntOrString, v6: bool) -> Option<u8> {
+    match value {
+        IntOrString::Int(n) => u8::try_from(*n).ok(),
+        IntOrString::String(name) => {
+            let (v4, v6_type) = match name.as_str() {
+                "EchoReply" => (0, 129),
+                "DestinationUnreachable" => (3, 1),
+                "Redirect" => (5, 137),
+                "EchoRequest" => (8, 128),
+                "TimeExceeded" => (11, 3),
+                "ParameterProblem" => (12, 4),
+                "PacketTooBig" => (255, 2),
+                "RouterSolicitation" => (10, 133),
+                "RouterAdvertisement" => (9, 134),
+                "NeighborSolicitation" => (255, 135),
+                "NeighborAdvertisement" => (255, 136),
+                _ => return name.parse().ok(),
+            };
+            let t: u8 = if v6 { v6_type } else { v4 };
+            (t != 255).then_some(t)
+        }
+    }
+}
+
+/// A direction's sections, read uniformly from allow and deny rules.
+struct Section<'a> {
+    endpoints: &'a Option<Vec<EndpointSelector>>,
+    requires: &'a Option<Vec<EndpointSelector>>,
+    cidrs: &'a Option<Vec<cilium_crds::cidr::Cidr>>,
+    cidr_sets: &'a Option<Vec<CidrRule>>,
+    entities: &'a Option<Vec<Entity>>,
+    ports: Vec<&'a [PortProtocol]>,
+    icmps: &'a Option<Vec<IcmpRule>>,
+    has_l7: bool,
+}
+
+fn peer_rule(context: &mut Context<'_>, path: &str, section: Section<'_>) -> PeerRule {
+    let mut peers: Vec<Peer> = section
+        .endpoints
+        .iter()
+        .flatten()
+        .map(|s| Peer::Endpoints(context.peer_selector(s)))
+        .collect();
+    for entity in section.entities.iter().flatten() {
+        peers.extend(context.entity(*entity));
+    }
+    for (i, cidr) in section.cidrs.iter().flatten().enumerate() {
+        if let Some(cidr) = context.cidr(&format!("{path}.CIDR[{i}]"), &cidr.0) {
+            peers.push(Peer::Cidr {
+                cidr,
+                except: vec![],
+            });
+        }
+    }
+    for (i, set) in section.cidr_sets.iter().flatten().enumerate() {
+        peers.extend(context.cidr_set(&format!("{path}.CIDRSet[{i}]"), set));
+    }
+    let no_peer_given = section.endpoints.is_none()
+        && section.entities.is_none()
+        && section.cidrs.is_none()
+        && section.cidr_sets.is_none();
+    // A section with only ports (or nothing) applies to every peer.
+    if no_peer_given {
+        peers.push(Peer::Endpoints(Selector::all()));
+    }
+    let requires = section
+        .requires
+        .iter()
+        .flatten()
+        .map(|s| context.peer_selector(s))
+        .collect();
+    let mut l4 = Vec::new();
+    for (i, ports) in section.ports.iter().enumerate() {
+        l4.extend(context.ports(&format!("{path}.toPorts[{i}].ports"), ports));
+    }
+    l4.extend(context.icmps(
+        &format!("{path}.icmps"),
+        section.icmps.as_deref().unwrap_or_default(),
+    ));
+    let asked_for_l4 = !section.ports.is_empty() || section.icmps.is_some();
+    if asked_for_l4 && l4.is_empty() {
+        // Ports were given but none is usable: the section must not widen to every port.
+        context
+            .problems
+            .push(format!("{path}: no usable port or ICMP type"));
+    }
+    PeerRule {
+        peers,
+        requires,
+        l4,
+        has_l7: section.has_l7,
+    }
+}
+
+fn rule(context: &mut Context<'_>, path: &str, api: &ApiRule, source: &PolicyRef) -> Option<Rule> {
+    let subject = match (&api.endpoint_selector, &api.node_selector) {
+        (Some(selector), _) => {
+            let selector = Selector::from_api(selector);
+            match context.namespace {
+                Some(ns) => selector.and(&Selector::label(Some("k8s"), NAMESPACE_KEY, ns)),
+                None => selector,
+            }
+        }
+        // Host endpoints are not managed by this agent yet: a node-selecting rule selects
+        // no endpoint here.
+        (None, Some(_)) => return None,
+        (None, None) => {
+            context
+                .problems
+                .push(format!("{path}: needs endpointSelector or nodeSelector"));
+            return None;
+        }
+    };
+    // The four kinds of section have the same shape under different field names.
+    macro_rules! sections {
+        ($name:literal, $list:expr, $peers:ident, $requires:ident, $cidr:ident, $cidr_set:ident,
+         $entities:ident, $nodes:ident, $l7:expr) => {
+            $list
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, r)| {
+                    let path = format!("{path}.{}[{i}]", $name);
+                    if r.$nodes.is_some() {
+                        context
+                            .problems
+                            .push(format!("{path}: node selectors are not supported yet"));
+                    }
+                    let section = Section {
+                        endpoints: &r.$peers,
+                        requires: &r.$requires,
+                        cidrs: &r.$cidr,
+                        cidr_sets: &r.$cidr_set,
+                        entities: &r.$entities,
+                        ports: r
+                            .to_ports
+                            .iter()
+                            .flatten()
+                            .map(|p| p.ports.as_deref().unwrap_or_default())
+                            .collect(),
+                        icmps: &r.icmps,
+                        has_l7: $l7(r),
+                    };
+                    peer_rule(context, &path, section)
+                })
+                .collect::<Vec<PeerRule>>()
+        };
+    }
+    let ingress = sections!(
+        "ingress",
+        api.ingress,
+        from_endpoints,
+        from_requires,
+        from_cidr,
+        from_cidr_set,
+        from_entities,
+        from_nodes,
+        |r: &cilium_crds::policy::IngressRule| r
+            .to_ports
+            .iter()
+            .flatten()
+            .any(|p| p.rules.is_some())
+    );
+    let ingress_deny = sections!(
+        "ingressDeny",
+        api.ingress_deny,
+        from_endpoints,
+        from_requires,
+        from_cidr,
+        from_cidr_set,
+        from_entities,
+        from_nodes,
+        |_| false
+    );
+    let egress = sections!(
+        "egress",
+        api.egress,
+        to_endpoints,
+        to_requires,
+        to_cidr,
+        to_cidr_set,
+        to_entities,
+        to_nodes,
+        |r: &cilium_crds::policy::EgressRule| r
+            .to_ports
+            .iter()
+            .flatten()
+            .any(|p| p.rules.is_some())
+    );
+    let egress_deny = sections!(
+        "egressDeny",
+        api.egress_deny,
+        to_endpoints,
+        to_requires,
+        to_cidr,
+        to_cidr_set,
+        to_entities,
+        to_nodes,
+        |_| false
+    );
+    if api
+        .egress
+        .iter()
+        .flatten()
+        .any(|r| r.to_fqdns.is_some() || r.to_services.is_some())
+        || api
+            .egress_deny
+            .iter()
+            .flatten()
+            .any(|r| r.to_services.is_some())
+    {
+        context.problems.push(format!(
+            "{path}: toFQDNs and toServices are not supported yet"
+        ));
+    }
+    let defaults = api.enable_default_deny.as_ref();
+    Some(Rule {
+        source: source.clone(),
+        subject,
+        default_deny_ingress: defaults.and_then(|d| d.ingress).unwrap_or(true)
+            && !(ingress.is_empty() && ingress_deny.is_empty()),
+        default_deny_egress: defaults.and_then(|d| d.egress).unwrap_or(true)
+            && !(egress.is_empty() && egress_deny.is_empty()),
+        ingress,
+        ingress_deny,
+        egress,
+        egress_deny,
+    })
+}
+
+fn parse<'a>(
+    source: PolicyRef,
+    rules: impl Iterator<Item = (String, &'a ApiRule)>,
+    cluster: &str,
+) -> Result<Vec<Rule>, Vec<String>> {
+    let namespace = source.namespace.clone();
+    let mut context = Context {
+        namespace: namespace.as_deref(),
+        cluster,
+        problems: Vec::new(),
+    };
+    let parsed: Vec<Rule> = rules
+        .filter_map(|(path, api)| rule(&mut context, &path, api, &source))
+        .collect();
+    if context.problems.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(context.problems)
+    }
+}
+
+fn paths<'a>(
+    spec: &'a Option<ApiRule>,
+    specs: &'a Option<Vec<ApiRule>>,
+) -> impl Iterator<Item = (String, &'a ApiRule)> {
+    spec.iter().map(|r| ("spec".to_owned(), r)).chain(
+        specs
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, r)| (format!("specs[{i}]"), r)),
+    )
+}
+
+/// The rules of a CiliumNetworkPolicy, or every reason it cannot be enforced.
+pub fn parse_cnp(cnp: &CiliumNetworkPolicy, cluster: &str) -> Result<Vec<Rule>, Vec<String>> {
+    let source = PolicyRef {
+        namespace: Some(
+            cnp.metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+        ),
+        name: cnp.metadata.name.clone().unwrap_or_default(),
+    };
+    parse(source, paths(&cnp.spec.spec, &cnp.spec.specs), cluster)
+}
+
+pub fn parse_ccnp(
+    ccnp: &CiliumClusterwideNetworkPolicy,
+    cluster: &str,
+) -> Result<Vec<Rule>, Vec<String>> {
+    let source = PolicyRef {
+        namespace: None,
+        name: ccnp.metadata.name.clone().unwrap_or_default(),
+    };
+    parse(source, paths(&ccnp.spec.spec, &ccnp.spec.specs), cluster)
+}
