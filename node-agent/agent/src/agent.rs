@@ -2,6 +2,7 @@
 //! API and the reconciler perform on it. Each operation is all-or-nothing: a step that fails
 //! undoes the ones before it, so the state on disk, in memory and in the kernel agree.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -12,6 +13,7 @@ use cilium_agent_api::{
 use cilium_crds::cache::Waker;
 use cilium_datapath::{Datapath, Endpoint, IpcacheEntry, PolicyMap};
 use cilium_identity::ReservedIdentity;
+use cilium_policy::EndpointPolicy;
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::endpoints::{EndpointRecord, EndpointTable, StateDir, StateError, parse_mac};
@@ -75,6 +77,19 @@ struct State {
     ipam: HostIpam,
     endpoints: EndpointTable,
     datapath: Datapath,
+    /// The policy each endpoint's map holds, as last computed.
+    policies: BTreeMap<u16, EndpointPolicy>,
+}
+
+impl State {
+    /// The map endpoint `id` should hold now: its computed policy, or allow-all until the
+    /// first computation (as Cilium treats an endpoint no rule selects yet).
+    fn policy_map(&self, id: u16) -> PolicyMap {
+        self.policies
+            .get(&id)
+            .map(|p| p.map.clone())
+            .unwrap_or_else(PolicyMap::allow_all)
+    }
 }
 
 pub struct Agent {
@@ -86,11 +101,6 @@ pub struct Agent {
     synced: AtomicBool,
     /// `Disabled`, `Ok: ...` or `Failure: ...`.
     kvstore: Mutex<String>,
-}
-
-/// Every endpoint gets an allow-all policy map until the policy engine computes its own.
-fn policy() -> PolicyMap {
-    PolicyMap::allow_all()
 }
 
 fn datapath_endpoint(record: &EndpointRecord) -> Endpoint {
@@ -161,6 +171,7 @@ impl Agent {
                 ipam,
                 endpoints: EndpointTable::default(),
                 datapath,
+                policies: BTreeMap::new(),
             }),
             store,
             changed,
@@ -203,17 +214,24 @@ impl Agent {
             } else {
                 Ok(())
             };
-            let attached = match claimed {
-                Ok(()) if present => state
+            // The pinned map keeps enforcing what it held before the restart until the
+            // first policy computation replaces it.
+            let pinned = state
+                .datapath
+                .policy(id)
+                .map(|entries| PolicyMap::new(entries.into_iter().map(|e| (e.key, e.verdict))));
+            let attached = match (claimed, pinned) {
+                (Ok(()), Ok(pinned)) if present => state
                     .datapath
-                    .attach_endpoint(&datapath_endpoint(&record), &policy())
+                    .attach_endpoint(&datapath_endpoint(&record), &pinned)
                     .map(drop)
                     .map_err(AgentError::from),
-                Ok(()) => Err(AgentError::NotFound(format!(
+                (Ok(()), Err(e)) if present => Err(e.into()),
+                (Ok(()), _) => Err(AgentError::NotFound(format!(
                     "device {} is gone",
                     record.interface_name
                 ))),
-                Err(e) => Err(e.into()),
+                (Err(e), _) => Err(e.into()),
             };
             match attached {
                 Ok(()) => {
@@ -357,9 +375,10 @@ impl Agent {
 
     /// Datapath, ipcache and record on disk for `record`.
     fn wire(&self, state: &mut State, record: &EndpointRecord) -> Result<(), AgentError> {
+        let policy = state.policy_map(record.id);
         state
             .datapath
-            .attach_endpoint(&datapath_endpoint(record), &policy())?;
+            .attach_endpoint(&datapath_endpoint(record), &policy)?;
         let (prefix, entry) = host_entry(record, self.node.ip);
         state.datapath.upsert_ipcache(prefix, entry)?;
         self.store.save(record)?;
@@ -381,6 +400,7 @@ impl Agent {
         self.store.remove(record.id)?;
         let _ = state.ipam.release(record.ipv4);
         state.endpoints.remove(record.id);
+        state.policies.remove(&record.id);
         drop(state);
         tracing::info!(id = record.id, container = %record.container_id, ip = %record.ipv4, "endpoint deleted");
         self.changed.wake();
@@ -433,11 +453,44 @@ impl Agent {
         Ok(())
     }
 
+    /// Sets endpoint `id`'s policy map (a diff against what it holds). A policy that does
+    /// not fit the map leaves the endpoint dropping everything, and the error.
+    pub fn set_policy(&self, id: u16, policy: EndpointPolicy) -> Result<bool, AgentError> {
+        let mut state = self.lock();
+        if state.endpoints.get(&EndpointRef::Id(id)).is_none() {
+            return Ok(false);
+        }
+        if state.policies.get(&id) == Some(&policy) {
+            return Ok(false);
+        }
+        // On failure the datapath has locked the endpoint down (drops everything) and the
+        // policy stays unrecorded, so the next pass tries again.
+        let change = state.datapath.set_policy(id, &policy.map)?;
+        tracing::info!(
+            id,
+            upserted = change.upserted,
+            deleted = change.deleted,
+            ingress = policy.ingress_enforced,
+            egress = policy.egress_enforced,
+            "endpoint policy updated"
+        );
+        state.policies.insert(id, policy);
+        Ok(true)
+    }
+
+    /// Whether endpoint `id`'s ingress and egress are enforced.
+    pub fn enforcement(&self, id: u16) -> (bool, bool) {
+        self.lock()
+            .policies
+            .get(&id)
+            .map_or((false, false), |p| (p.ingress_enforced, p.egress_enforced))
+    }
+
     /// Makes the datapath's ipcache equal to `wanted(local endpoints)`; returns the number of
     /// writes.
     pub fn sync_ipcache(
         &self,
-        wanted: impl FnOnce(&[EndpointRecord]) -> std::collections::BTreeMap<IpNet, IpcacheEntry>,
+        wanted: impl FnOnce(&[EndpointRecord]) -> BTreeMap<IpNet, IpcacheEntry>,
     ) -> Result<usize, AgentError> {
         let mut state = self.lock();
         let local: Vec<EndpointRecord> = state.endpoints.iter().cloned().collect();

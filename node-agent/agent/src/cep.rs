@@ -12,14 +12,25 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use crate::endpoints::EndpointRecord;
 
-/// The status the endpoint's CiliumEndpoint should carry. Policy is not enforced by this
-/// agent yet, so both directions say `disabled` (Cilium's state for an endpoint no policy
-/// selects).
-pub fn status(record: &EndpointRecord, node_ip: IpAddr) -> EndpointStatus {
+/// The status the endpoint's CiliumEndpoint should carry; `enforcement` says whether its
+/// ingress and egress are enforced (`enforcing`), or open because no rule selects it in
+/// that direction (`non-enforcing`).
+pub fn status(
+    record: &EndpointRecord,
+    node_ip: IpAddr,
+    enforcement: (bool, bool),
+) -> EndpointStatus {
     let ready = record.state() == EndpointStateName::Ready;
-    let direction = || EndpointPolicyDirection {
-        enforcing: false,
-        state: Some("disabled".into()),
+    let direction = |enforcing: bool| EndpointPolicyDirection {
+        enforcing,
+        state: Some(
+            if enforcing {
+                "enforcing"
+            } else {
+                "non-enforcing"
+            }
+            .into(),
+        ),
         allowed: None,
         denied: None,
     };
@@ -45,8 +56,8 @@ pub fn status(record: &EndpointRecord, node_ip: IpAddr) -> EndpointStatus {
         }),
         named_ports: None,
         policy: Some(EndpointPolicy {
-            ingress: Some(direction()),
-            egress: Some(direction()),
+            ingress: Some(direction(enforcement.0)),
+            egress: Some(direction(enforcement.1)),
         }),
         state: Some(if ready {
             EndpointState::Ready
@@ -97,13 +108,13 @@ mod tests {
     fn waiting_then_ready() {
         let node: IpAddr = "192.168.60.11".parse().expect("ip");
         let mut r = record(7, "c1", [10, 0, 1, 7]);
-        let waiting = status(&r, node);
+        let waiting = status(&r, node, (false, false));
         assert_eq!(waiting.state, Some(EndpointState::WaitingForIdentity));
         assert_eq!(waiting.identity, None);
         assert_eq!(waiting.id, Some(7));
         r.identity = 31_000;
         r.labels = vec!["k8s:app=db".into()];
-        let ready = status(&r, node);
+        let ready = status(&r, node, (true, false));
         assert_eq!(ready.state, Some(EndpointState::Ready));
         assert_eq!(ready.identity.as_ref().map(|i| i.id), Some(31_000));
         let networking = ready.networking.as_ref().expect("networking");
@@ -116,6 +127,8 @@ mod tests {
         assert!(!is_on_node(&cep, "192.168.60.12".parse().expect("ip")));
         let json = serde_json::to_value(&cep).expect("json");
         assert_eq!(json["status"]["state"], "ready");
+        assert_eq!(json["status"]["policy"]["ingress"]["state"], "enforcing");
+        assert_eq!(json["status"]["policy"]["egress"]["enforcing"], false);
         assert_eq!(
             json["status"]["external-identifiers"]["pod-name"],
             "default/pod-c1"

@@ -11,5 +11,6 @@ pub mod ipam;
 pub mod ipcache;
 pub mod kvstore;
 pub mod node;
+pub mod policy;
 pub mod routes;
 pub mod sync;

@@ -105,6 +105,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         changed,
         filter,
         ct_gc_interval: args.ct_gc_interval,
+        policy: Default::default(),
     };
     tokio::select! {
         served = cilium_agent::api::serve(listener, agent) => served.context("API server")?,

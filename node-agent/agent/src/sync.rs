@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use cilium_crds::cache::{Waker, reflect};
 use cilium_crds::pod_identity::{parse_identity, pod_identity_labels};
-use cilium_crds::{CiliumEndpoint, CiliumIdentity, CiliumNode};
+use cilium_crds::{
+    CiliumClusterwideNetworkPolicy, CiliumEndpoint, CiliumIdentity, CiliumNetworkPolicy, CiliumNode,
+};
 use cilium_identity::{LabelFilter, LabelSet};
 use cilium_netdev::Netlink;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -21,7 +23,9 @@ use serde_json::json;
 
 use crate::agent::Agent;
 use crate::endpoints::EndpointRecord;
+use crate::policy::{PolicyState, Validity};
 use crate::{cep, ipcache, routes};
+use cilium_policy::PolicyRef;
 
 const RESYNC_PERIOD: Duration = Duration::from_secs(10);
 
@@ -34,6 +38,8 @@ pub struct Caches {
     pub identities: Store<CiliumIdentity>,
     pub nodes: Store<CiliumNode>,
     pub endpoints: Store<CiliumEndpoint>,
+    pub cnps: Store<CiliumNetworkPolicy>,
+    pub ccnps: Store<CiliumClusterwideNetworkPolicy>,
 }
 
 impl Caches {
@@ -47,6 +53,8 @@ impl Caches {
             identities: reflect(Api::all(client.clone()), all(), wake()),
             nodes: reflect(Api::all(client.clone()), all(), wake()),
             endpoints: reflect(Api::all(client.clone()), all(), wake()),
+            cnps: reflect(Api::all(client.clone()), all(), wake()),
+            ccnps: reflect(Api::all(client.clone()), all(), wake()),
         }
     }
 
@@ -55,6 +63,8 @@ impl Caches {
         self.namespaces.wait_until_ready().await?;
         self.identities.wait_until_ready().await?;
         self.nodes.wait_until_ready().await?;
+        self.cnps.wait_until_ready().await?;
+        self.ccnps.wait_until_ready().await?;
         self.endpoints.wait_until_ready().await
     }
 }
@@ -75,6 +85,7 @@ pub struct Reconciler {
     pub changed: Waker,
     pub filter: LabelFilter,
     pub ct_gc_interval: Duration,
+    pub policy: std::sync::Mutex<PolicyState>,
 }
 
 impl Reconciler {
@@ -103,6 +114,7 @@ impl Reconciler {
     #[tracing::instrument(skip_all)]
     async fn pass(&self, netlink: &Netlink) {
         self.resolve_identities();
+        let (validities, cidr_entries) = self.compute_policies();
         if let Err(e) = self.sync_endpoints().await {
             tracing::warn!(error = %e, "CiliumEndpoint sync failed; retrying");
         }
@@ -110,13 +122,23 @@ impl Reconciler {
         let nodes = self.caches.nodes.state();
         let ceps = self.caches.endpoints.state();
         let synced = self.agent.sync_ipcache(|local| {
-            ipcache::desired(
+            let mut wanted = ipcache::desired(
                 &node.name,
                 node.ip,
                 nodes.iter().map(Arc::as_ref),
                 ceps.iter().map(Arc::as_ref),
                 local,
-            )
+            );
+            // CIDRs of policies, unless an endpoint or node holds that very prefix.
+            for (prefix, identity) in &cidr_entries {
+                wanted
+                    .entry(*prefix)
+                    .or_insert(cilium_datapath::IpcacheEntry {
+                        identity: *identity,
+                        tunnel_endpoint: None,
+                    });
+            }
+            wanted
         });
         match synced {
             Ok(0) => {}
@@ -129,6 +151,80 @@ impl Reconciler {
         if let Err(e) = self.report_ipam(&nodes).await {
             tracing::warn!(error = %e, "reporting IPAM use failed");
         }
+        if let Err(e) = self.report_validity(&validities).await {
+            tracing::warn!(error = %e, "reporting policy validity failed");
+        }
+    }
+
+    /// Reads the policies and identities into the engine and sets every endpoint's policy
+    /// map; returns each policy's validity and the CIDR identities for the ipcache.
+    fn compute_policies(&self) -> (BTreeMap<PolicyRef, Validity>, Vec<(ipnet::IpNet, u32)>) {
+        let mut state = self.policy.lock().unwrap_or_else(|p| p.into_inner());
+        let validities = state.load(
+            &self.caches.cnps.state(),
+            &self.caches.ccnps.state(),
+            &self.agent.node().cluster_name,
+        );
+        state.update_identities(&self.caches.identities.state());
+        for record in self.agent.records() {
+            let Some(labels) = state.labels(record.identity).cloned() else {
+                continue;
+            };
+            let policy = state.endpoint(&labels);
+            if let Err(e) = self.agent.set_policy(record.id, policy) {
+                tracing::warn!(id = record.id, error = %e, "setting the endpoint's policy failed; it drops all traffic until a policy fits");
+            }
+        }
+        (validities, state.cidr_entries())
+    }
+
+    /// Writes each policy's `Valid` condition where it says something else.
+    async fn report_validity(
+        &self,
+        validities: &BTreeMap<PolicyRef, Validity>,
+    ) -> Result<(), kube::Error> {
+        let now = jiff::Timestamp::now().to_string();
+        for (reference, validity) in validities {
+            let patch = json!({ "status": { "conditions": [validity.condition(&now)] } });
+            match &reference.namespace {
+                Some(namespace) => {
+                    let current = self
+                        .caches
+                        .cnps
+                        .get(&ObjectRef::new(&reference.name).within(namespace));
+                    if current.is_some_and(|p| {
+                        validity.is_reported(p.status.as_ref().and_then(|s| s.conditions.as_ref()))
+                    }) {
+                        continue;
+                    }
+                    let api: Api<CiliumNetworkPolicy> =
+                        Api::namespaced(self.client.clone(), namespace);
+                    api.patch_status(
+                        &reference.name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await?;
+                }
+                None => {
+                    let current = self.caches.ccnps.get(&ObjectRef::new(&reference.name));
+                    if current.is_some_and(|p| {
+                        validity.is_reported(p.status.as_ref().and_then(|s| s.conditions.as_ref()))
+                    }) {
+                        continue;
+                    }
+                    let api: Api<CiliumClusterwideNetworkPolicy> = Api::all(self.client.clone());
+                    api.patch_status(
+                        &reference.name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await?;
+                }
+            }
+            tracing::info!(policy = %reference, valid = validity.valid, message = %validity.message, "policy status");
+        }
+        Ok(())
     }
 
     /// Each endpoint's identity from its pod's labels; `init` while the pod or its identity
@@ -198,7 +294,11 @@ impl Reconciler {
     }
 
     async fn sync_endpoint(&self, record: &EndpointRecord) -> Result<(), kube::Error> {
-        let status = cep::status(record, self.agent.node().ip);
+        let status = cep::status(
+            record,
+            self.agent.node().ip,
+            self.agent.enforcement(record.id),
+        );
         let api: Api<CiliumEndpoint> = Api::namespaced(self.client.clone(), &record.k8s_namespace);
         let existing = self
             .caches

@@ -1,0 +1,245 @@
+//! Policies enforced end to end on cluster-in-a-box: the protected-db scenario of the
+//! clustermesh document on one cluster of two nodes, then a deny rule, an egress rule, an
+//! invalid policy, a pod whose labels change, and the policy's deletion. Needs root.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use e2e::cluster::{Cluster, CniPod};
+use e2e::traffic::{reaches, serve_echo};
+use e2e::wait_for;
+use serde_json::Value;
+
+const REDIS: u16 = 6379;
+const WEB: u16 = 8080;
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root")
+        .to_owned()
+}
+
+fn app(name: &str) -> BTreeMap<&str, &str> {
+    BTreeMap::from([("app", name)])
+}
+
+/// Waits until every `(from, to, port, expected)` holds at once.
+fn until_reachability(what: &str, cases: &[(&CniPod, &CniPod, u16, bool)]) {
+    wait_for(what, SETTLE, || {
+        cases
+            .iter()
+            .all(|(from, to, port, expected)| reaches(&from.ns, to.ip, *port) == *expected)
+            .then_some(())
+    });
+}
+
+fn condition(cluster: &Cluster, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+    let mut args = vec!["get", kind, name, "-o", "json"];
+    if let Some(ns) = namespace {
+        args.extend(["-n", ns]);
+    }
+    let object: Value = serde_json::from_str(&cluster.bed.kubectl_run(&args, None).ok()?).ok()?;
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Valid")
+        .cloned()
+}
+
+fn apply(cluster: &Cluster, yaml: &str) {
+    cluster
+        .bed
+        .kubectl_run(&["apply", "-f", "-"], Some(yaml))
+        .expect("kubectl apply");
+}
+
+#[test]
+fn the_protected_db_scenario_and_every_rule_kind() {
+    let cluster = Cluster::start(2).expect("cluster-in-a-box with two agent nodes");
+    cluster
+        .bed
+        .create_namespace("istio-space")
+        .expect("namespace");
+    let bed = &cluster.bed;
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let db = n1
+        .add_pod(bed, "default", "protected-db", &app("protected-db"))
+        .expect("db");
+    let stranger = n1
+        .add_pod(bed, "default", "stranger", &app("stranger"))
+        .expect("stranger");
+    let employee = n2
+        .add_pod(bed, "default", "employee", &app("employee"))
+        .expect("employee");
+    let istio = n2
+        .add_pod(bed, "istio-space", "employee", &app("employee"))
+        .expect("istio-space employee");
+    serve_echo(&db.ns, REDIS);
+    serve_echo(&stranger.ns, WEB);
+    wait_for("four ready endpoints", SETTLE, || {
+        let all = bed
+            .kubectl_run(&["get", "cep", "-A", "-o", "json"], None)
+            .ok()?;
+        let all: Value = serde_json::from_str(&all).ok()?;
+        let ready = all["items"]
+            .as_array()?
+            .iter()
+            .filter(|c| c["status"]["state"] == "ready")
+            .count();
+        (ready == 4).then_some(())
+    });
+
+    // Before any policy everyone reaches the db.
+    for pod in [&employee, &istio, &stranger] {
+        assert!(
+            reaches(&pod.ns, db.ip, REDIS),
+            "{} before the policy",
+            pod.name
+        );
+    }
+
+    // The document's policy: both employees connect, the stranger does not.
+    let policy = repo_root().join("examples/policies/protected-db.yaml");
+    bed.kubectl_run(
+        &["apply", "-n", "default", "-f", &policy.to_string_lossy()],
+        None,
+    )
+    .expect("apply the policy");
+    until_reachability(
+        "only employees to reach the db",
+        &[
+            (&employee, &db, REDIS, true),
+            (&istio, &db, REDIS, true),
+            (&stranger, &db, REDIS, false),
+        ],
+    );
+    let valid = wait_for("the policy's Valid condition", SETTLE, || {
+        condition(&cluster, "cnp", Some("default"), "protected-db-l4")
+    });
+    assert_eq!(valid["status"], "True", "{valid}");
+    let cep = bed
+        .kubectl_run(&["get", "cep", "protected-db", "-o", "json"], None)
+        .expect("cep");
+    let cep: Value = serde_json::from_str(&cep).expect("JSON");
+    assert_eq!(cep["status"]["policy"]["ingress"]["enforcing"], true);
+    assert_eq!(cep["status"]["policy"]["egress"]["enforcing"], false);
+    assert!(
+        reaches(&db.ns, stranger.ip, WEB),
+        "the db's egress is not enforced"
+    );
+
+    // An invalid policy is reported and not applied at all: this one would cut the db off
+    // completely if its valid half were used.
+    apply(
+        &cluster,
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: half-broken, namespace: default}
+specs:
+- endpointSelector: {matchLabels: {app: protected-db}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: nobody}}]}]
+- endpointSelector: {matchLabels: {app: protected-db}}
+  ingress: [{toPorts: [{ports: [{port: redis, protocol: TCP}]}]}]
+"#,
+    );
+    let invalid = wait_for("the invalid policy's condition", SETTLE, || {
+        condition(&cluster, "cnp", Some("default"), "half-broken")
+    });
+    assert_eq!(invalid["status"], "False", "{invalid}");
+    assert!(
+        invalid["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("named port")),
+        "{invalid}"
+    );
+    assert!(
+        reaches(&employee.ns, db.ip, REDIS),
+        "the invalid policy changed nothing"
+    );
+    bed.kubectl_run(&["delete", "cnp", "half-broken", "-n", "default"], None)
+        .expect("delete");
+
+    // A deny rule (clusterwide) wins over the allow for the istio-space employee.
+    apply(
+        &cluster,
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: no-istio-to-db}
+spec:
+  endpointSelector: {matchLabels: {app: protected-db}}
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: istio-space}}]
+"#,
+    );
+    until_reachability(
+        "the deny to cut istio-space off",
+        &[(&istio, &db, REDIS, false), (&employee, &db, REDIS, true)],
+    );
+    bed.kubectl_run(&["delete", "ccnp", "no-istio-to-db"], None)
+        .expect("delete");
+    until_reachability("istio-space back", &[(&istio, &db, REDIS, true)]);
+
+    // An egress rule: employees may only talk to the db.
+    apply(
+        &cluster,
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: employees-egress, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: employee}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: protected-db}}]
+    toPorts: [{ports: [{port: "6379", protocol: TCP}]}]
+"#,
+    );
+    until_reachability(
+        "the employee's egress to be limited to the db",
+        &[
+            (&employee, &db, REDIS, true),
+            (&employee, &stranger, WEB, false),
+        ],
+    );
+    assert!(
+        reaches(&istio.ns, stranger.ip, WEB),
+        "other namespaces are not selected"
+    );
+    bed.kubectl_run(
+        &["delete", "cnp", "employees-egress", "-n", "default"],
+        None,
+    )
+    .expect("delete");
+
+    // The stranger becomes an employee: access follows its new identity.
+    bed.kubectl_run(
+        &["label", "pod", "stranger", "app=employee", "--overwrite"],
+        None,
+    )
+    .expect("relabel");
+    until_reachability(
+        "the relabelled pod to reach the db",
+        &[(&stranger, &db, REDIS, true)],
+    );
+
+    // Deleting the policy opens the db again.
+    bed.kubectl_run(
+        &["label", "pod", "stranger", "app=stranger", "--overwrite"],
+        None,
+    )
+    .expect("relabel back");
+    until_reachability(
+        "the stranger to be shut out again",
+        &[(&stranger, &db, REDIS, false)],
+    );
+    bed.kubectl_run(&["delete", "cnp", "protected-db-l4", "-n", "default"], None)
+        .expect("delete the policy");
+    until_reachability(
+        "everyone to reach the db",
+        &[(&stranger, &db, REDIS, true), (&employee, &db, REDIS, true)],
+    );
+}

@@ -1,0 +1,163 @@
+//! The agent's side of the policy engine: which policies are valid (and their `Valid`
+//! condition), the identity universe of the selector cache, and each endpoint's policy.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cilium_crds::pod_identity::parse_identity;
+use cilium_crds::policy::PolicyCondition;
+use cilium_crds::{
+    CiliumClusterwideNetworkPolicy, CiliumIdentity, CiliumNetworkPolicy, validate_policy,
+};
+use cilium_identity::LabelSet;
+use cilium_policy::cache::reserved_identities;
+use cilium_policy::{
+    CidrIdentities, EndpointPolicy, PolicyRef, Rule, SelectorCache, endpoint_policy, parse_ccnp,
+    parse_cnp,
+};
+use ipnet::IpNet;
+
+/// What a policy's `Valid` condition should say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validity {
+    pub valid: bool,
+    pub message: String,
+}
+
+impl Validity {
+    pub fn condition(&self, now: &str) -> PolicyCondition {
+        PolicyCondition {
+            type_: "Valid".into(),
+            status: if self.valid { "True" } else { "False" }.into(),
+            last_transition_time: Some(now.to_owned()),
+            reason: Some(if self.valid { "Valid" } else { "InvalidPolicy" }.into()),
+            message: Some(self.message.clone()),
+        }
+    }
+
+    /// Whether `conditions` already say this.
+    pub fn is_reported(&self, conditions: Option<&Vec<PolicyCondition>>) -> bool {
+        conditions.into_iter().flatten().any(|c| {
+            c.type_ == "Valid"
+                && (c.status == "True") == self.valid
+                && c.message.as_deref() == Some(self.message.as_str())
+        })
+    }
+}
+
+fn validity(problems: Vec<String>, rules: &[Rule]) -> Validity {
+    if !problems.is_empty() {
+        return Validity {
+            valid: false,
+            message: format!("not applied: {}", problems.join("; ")),
+        };
+    }
+    let l7 = rules
+        .iter()
+        .any(|r| r.ingress.iter().chain(&r.egress).any(|s| s.has_l7));
+    Validity {
+        valid: true,
+        message: if l7 {
+            "Policy validation succeeded; L7 rules (http, dns, ...) are not enforced yet: only their L4 part is".into()
+        } else {
+            "Policy validation succeeded".into()
+        },
+    }
+}
+
+#[derive(Default)]
+pub struct PolicyState {
+    rules: Vec<Rule>,
+    cache: SelectorCache,
+    cidrs: CidrIdentities,
+}
+
+impl PolicyState {
+    /// Reads every policy: the valid ones' rules replace the current set; each policy's
+    /// validity is returned for its status. An invalid policy contributes no rule at all.
+    pub fn load(
+        &mut self,
+        cnps: &[Arc<CiliumNetworkPolicy>],
+        ccnps: &[Arc<CiliumClusterwideNetworkPolicy>],
+        cluster: &str,
+    ) -> BTreeMap<PolicyRef, Validity> {
+        let mut rules = Vec::new();
+        let mut validities = BTreeMap::new();
+        let schema = |problems: Vec<cilium_crds::Problem>| -> Vec<String> {
+            problems.iter().map(ToString::to_string).collect()
+        };
+        for cnp in cnps {
+            let reference = PolicyRef {
+                namespace: cnp.metadata.namespace.clone(),
+                name: cnp.metadata.name.clone().unwrap_or_default(),
+            };
+            let problems = schema(validate_policy(cnp.as_ref()));
+            let parsed = if problems.is_empty() {
+                parse_cnp(cnp, cluster)
+            } else {
+                Err(problems)
+            };
+            validities.insert(reference, take(parsed, &mut rules));
+        }
+        for ccnp in ccnps {
+            let reference = PolicyRef {
+                namespace: None,
+                name: ccnp.metadata.name.clone().unwrap_or_default(),
+            };
+            let problems = schema(validate_policy(ccnp.as_ref()));
+            let parsed = if problems.is_empty() {
+                parse_ccnp(ccnp, cluster)
+            } else {
+                Err(problems)
+            };
+            validities.insert(reference, take(parsed, &mut rules));
+        }
+        self.cidrs.update(&rules);
+        if rules != self.rules {
+            // Selections of selectors no rule uses any more would be kept current forever;
+            // the ones still used are recomputed on first use.
+            self.cache.retain(|_| false);
+            self.rules = rules;
+        }
+        validities
+    }
+
+    /// The selector cache's identities: reserved, the cluster's (from CiliumIdentities) and
+    /// the CIDRs' local ones. Returns how many changed.
+    pub fn update_identities(&mut self, identities: &[Arc<CiliumIdentity>]) -> usize {
+        let mut all = reserved_identities();
+        all.extend(
+            identities
+                .iter()
+                .filter_map(|cid| parse_identity(cid).ok())
+                .map(|(id, labels)| (id.0, labels)),
+        );
+        all.extend(self.cidrs.identities());
+        self.cache.update_identities(all)
+    }
+
+    /// The labels of identity `id`, if known.
+    pub fn labels(&self, id: u32) -> Option<&LabelSet> {
+        self.cache.identities().get(&id)
+    }
+
+    pub fn endpoint(&mut self, labels: &LabelSet) -> EndpointPolicy {
+        endpoint_policy(&self.rules, labels, &mut self.cache, &self.cidrs)
+    }
+
+    /// The CIDR prefixes policies name, with their local identities, for the ipcache.
+    pub fn cidr_entries(&self) -> Vec<(IpNet, u32)> {
+        self.cidrs.iter().collect()
+    }
+}
+
+fn take(parsed: Result<Vec<Rule>, Vec<String>>, rules: &mut Vec<Rule>) -> Validity {
+    match parsed {
+        Ok(parsed) => {
+            let validity = validity(vec![], &parsed);
+            rules.extend(parsed);
+            validity
+        }
+        Err(problems) => validity(problems, &[]),
+    }
+}
