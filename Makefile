@@ -2,7 +2,7 @@
 # kube-apiserver, formatting and lints) and installs what it needs first.
 CARGO ?= cargo
 
-.PHONY: all deps build test unit e2e bench lint crds crds-check cluster-in-a-box clean
+.PHONY: all deps build test unit e2e bench lint crds crds-check cluster-in-a-box demo clean
 
 all: build
 
@@ -46,6 +46,11 @@ crds:
 cluster-in-a-box: deps
 	$(CARGO) build -q --workspace --bins
 	./target/debug/cluster-in-a-box
+
+## demo: the protected-db scenario on cluster-in-a-box; DEMO_FLAGS=--exit stops after printing
+demo: deps
+	$(CARGO) build -q --workspace --bins
+	./target/debug/demo $(DEMO_FLAGS)
 
 clean:
 	$(CARGO) clean

@@ -380,6 +380,8 @@ impl Cluster {
         let bed = ClusterBed::start()?;
         let flags = [
             format!("--cluster-pool-ipv4-cidr={POD_POOL_V4}"),
+            "--kvstore=etcd".into(),
+            format!("--etcd-endpoints={}", bed.etcd_endpoint()),
             "--cluster-pool-ipv4-mask-size=24".into(),
             FAST_LEASE[0].into(),
             FAST_LEASE[1].into(),

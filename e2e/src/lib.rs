@@ -77,3 +77,29 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Opt
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// Blocks until Ctrl-C or SIGTERM.
+pub fn wait_for_ctrl_c() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let Ok(runtime) = runtime else { return };
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async {
+                    match term.as_mut() {
+                        Some(t) => { t.recv().await; }
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        });
+        let _ = tx.send(());
+    });
+    while rx.recv_timeout(Duration::from_secs(3600)).is_err() {}
+}

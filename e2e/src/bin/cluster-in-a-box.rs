@@ -3,8 +3,6 @@
 //! running until Ctrl-C, printing how to reach it. `--exit` stops it right after start-up;
 //! `--nodes N` sets the number of nodes.
 
-use std::time::Duration;
-
 use e2e::cluster::Cluster;
 
 fn main() -> std::process::ExitCode {
@@ -57,26 +55,7 @@ fn main() -> std::process::ExitCode {
     }
     if !exit_at_once {
         println!("running; Ctrl-C stops it");
-        wait_for_ctrl_c();
+        e2e::wait_for_ctrl_c();
     }
     std::process::ExitCode::SUCCESS
-}
-
-fn wait_for_ctrl_c() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
-    let Ok(runtime) = runtime else { return };
-    std::thread::spawn(move || {
-        runtime.block_on(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-            }
-        });
-        let _ = tx.send(());
-    });
-    while rx.recv_timeout(Duration::from_secs(3600)).is_err() {}
 }

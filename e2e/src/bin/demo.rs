@@ -1,0 +1,136 @@
+//! `make demo`: the whole system on cluster-in-a-box. Starts etcd, kube-apiserver, the
+//! operator and two agent nodes; creates the protected-db scenario's pods through the CNI
+//! plugin; prints who reaches the db before and after the policy is applied, the cluster's
+//! Cilium objects and the kvstore's keys; then keeps running until Ctrl-C (`--exit` stops
+//! at once).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::cluster::{Cluster, CniPod};
+use e2e::traffic::{reaches, serve_echo};
+
+const REDIS: u16 = 6379;
+
+fn main() -> std::process::ExitCode {
+    let exit_at_once = std::env::args().skip(1).any(|a| a == "--exit");
+    match run(exit_at_once) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn matrix(title: &str, db: &CniPod, clients: &[&CniPod]) {
+    println!("\n{title}");
+    for client in clients {
+        let verdict = if reaches(&client.ns, db.ip, REDIS) {
+            "connects"
+        } else {
+            "times out"
+        };
+        println!(
+            "  {:<28} -> protected-db:{REDIS}  {verdict}",
+            format!("{}/{} ({})", client.namespace, client.name, client.ip)
+        );
+    }
+}
+
+fn run(exit_at_once: bool) -> anyhow::Result<()> {
+    println!("starting etcd, kube-apiserver, cilium-operator and two nodes with cilium-agent ...");
+    let cluster = Cluster::start(2)?;
+    let bed = &cluster.bed;
+    bed.create_namespace("istio-space")?;
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let app = |name: &'static str| BTreeMap::from([("app", name)]);
+    let db = n1.add_pod(bed, "default", "protected-db", &app("protected-db"))?;
+    let stranger = n1.add_pod(bed, "default", "stranger", &app("stranger"))?;
+    let employee = n2.add_pod(bed, "default", "employee", &app("employee"))?;
+    let istio = n2.add_pod(bed, "istio-space", "employee", &app("employee"))?;
+    serve_echo(&db.ns, REDIS);
+    let clients = [&employee, &istio, &stranger];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bed
+        .kubectl_run(
+            &[
+                "get",
+                "cep",
+                "-A",
+                "-o",
+                "jsonpath={.items[*].status.state}",
+            ],
+            None,
+        )?
+        .split_whitespace()
+        .filter(|s| *s == "ready")
+        .count()
+        < 4
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the endpoints did not become ready"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    matrix("before any policy:", &db, &clients);
+
+    let policy =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/policies/protected-db.yaml");
+    println!("\nkubectl apply -f examples/policies/protected-db.yaml");
+    bed.kubectl_run(
+        &["apply", "-n", "default", "-f", &policy.to_string_lossy()],
+        None,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reaches(&stranger.ns, db.ip, REDIS) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    matrix("with the policy:", &db, &clients);
+
+    for args in [
+        vec!["get", "ciliumnodes"],
+        vec!["get", "ciliumidentities"],
+        vec!["get", "ciliumendpoints", "-A"],
+        vec!["get", "ciliumnetworkpolicies", "-A"],
+    ] {
+        println!("\n$ kubectl {}", args.join(" "));
+        print!("{}", bed.kubectl_run(&args, None)?);
+    }
+    println!("\n$ etcdctl get --prefix cilium/state --keys-only");
+    std::thread::sleep(Duration::from_secs(2));
+    let keys = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            bed.etcd_endpoint(),
+            "get",
+            "--prefix",
+            "cilium/state",
+            "--keys-only",
+        ])
+        .output()?;
+    String::from_utf8_lossy(&keys.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .for_each(|l| println!("{l}"));
+
+    println!("\nKUBECONFIG={}", bed.kubeconfig().display());
+    for pod in [&db, &stranger, &employee, &istio] {
+        println!(
+            "pod {}/{} {}: nsenter --net={}",
+            pod.namespace,
+            pod.name,
+            pod.ip,
+            pod.ns.path().display()
+        );
+    }
+    if !exit_at_once {
+        println!("running; Ctrl-C stops it");
+        e2e::wait_for_ctrl_c();
+    }
+    Ok(())
+}

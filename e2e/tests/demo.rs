@@ -1,0 +1,59 @@
+//! `make demo` keeps showing what it promises: the matrix before and after the policy, the
+//! Cilium objects and the kvstore keys.
+
+use std::process::Command;
+
+#[test]
+fn the_demo_shows_the_policy_taking_effect() {
+    let output = Command::new(env!("CARGO_BIN_EXE_demo"))
+        .arg("--exit")
+        .output()
+        .expect("the demo runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (before, after) = text
+        .split_once("with the policy:")
+        .expect("both matrices are printed");
+    let verdict = |section: &str, who: &str| {
+        section
+            .lines()
+            .find(|l| l.trim_start().starts_with(who))
+            .map(|l| l.trim_end().to_owned())
+            .unwrap_or_default()
+    };
+    for who in [
+        "default/employee",
+        "istio-space/employee",
+        "default/stranger",
+    ] {
+        assert!(
+            verdict(before, who).ends_with("connects"),
+            "{who} before:\n{text}"
+        );
+    }
+    assert!(
+        verdict(after, "default/employee").ends_with("connects"),
+        "{text}"
+    );
+    assert!(
+        verdict(after, "istio-space/employee").ends_with("connects"),
+        "{text}"
+    );
+    assert!(
+        verdict(after, "default/stranger").ends_with("times out"),
+        "{text}"
+    );
+    for expected in [
+        "protected-db-l4",
+        "cilium/state/identities/v1/id/",
+        "cilium/state/ip/v1/default/",
+        "cilium/state/nodes/v1/default/node-1",
+        "KUBECONFIG=",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+}
