@@ -369,7 +369,7 @@ pub fn agent_request(socket: &Path, method: &str, path: &str, body: &str) -> Opt
 pub struct Cluster {
     pub nodes: Vec<AgentNode>,
     pub operator: OperatorProcess,
-    _lan: Lan,
+    lan: Lan,
     pub bed: ClusterBed,
 }
 
@@ -430,9 +430,37 @@ impl Cluster {
         Ok(Self {
             nodes,
             operator,
-            _lan: lan,
+            lan,
             bed,
         })
+    }
+
+    /// A host outside the cluster on the nodes' link (its addresses are `world` to the
+    /// agents), with routes back to every node's PodCIDR via that node.
+    pub fn outside_host(&self, ips: &[Ipv4Addr]) -> Result<NetNs, Error> {
+        let (first, more) = ips
+            .split_first()
+            .ok_or_else(|| Error::Setup("an outside host needs an address".into()))?;
+        let ns = NetNs::new("outside")?;
+        let port = format!("out{}", ns.name().rsplit('-').next().unwrap_or("0"));
+        self.lan.plug(&ns, &port, *first)?;
+        for ip in more {
+            ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        }
+        for node in &self.nodes {
+            let cidr = self.bed.kubectl_run(
+                &[
+                    "get",
+                    "cn",
+                    &node.name,
+                    "-o",
+                    "jsonpath={.spec.ipam.podCIDRs[0]}",
+                ],
+                None,
+            )?;
+            ns.ip(&["route", "add", cidr.trim(), "via", &node.ip.to_string()])?;
+        }
+        Ok(ns)
     }
 }
 

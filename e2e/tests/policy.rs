@@ -3,6 +3,7 @@
 //! invalid policy, a pod whose labels change, and the policy's deletion. Needs root.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -79,6 +80,7 @@ fn the_protected_db_scenario_and_every_rule_kind() {
         .expect("istio-space employee");
     serve_echo(&db.ns, REDIS);
     serve_echo(&stranger.ns, WEB);
+    serve_echo(&employee.ns, WEB);
     wait_for("four ready endpoints", SETTLE, || {
         let all = bed
             .kubectl_run(&["get", "cep", "-A", "-o", "json"], None)
@@ -226,7 +228,7 @@ spec:
         &[(&stranger, &db, REDIS, true)],
     );
 
-    // Deleting the policy opens the db again.
+    // The stranger is a stranger again.
     bed.kubectl_run(
         &["label", "pod", "stranger", "app=stranger", "--overwrite"],
         None,
@@ -236,6 +238,73 @@ spec:
         "the stranger to be shut out again",
         &[(&stranger, &db, REDIS, false)],
     );
+    // A policy that selects no pod changes nothing.
+    apply(
+        &cluster,
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: selects-nobody, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: nobody}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: nobody}}]}]
+  egress: [{toEndpoints: [{matchLabels: {app: nobody}}]}]
+"#,
+    );
+    wait_for("the unselecting policy to be accepted", SETTLE, || {
+        condition(&cluster, "cnp", Some("default"), "selects-nobody")
+            .filter(|c| c["status"] == "True")
+    });
+    assert!(reaches(&employee.ns, stranger.ip, WEB));
+    assert!(reaches(&istio.ns, db.ip, REDIS));
+
+    // An entity rule and a CIDR rule with `except`, against a host outside the cluster.
+    let allowed_outside = Ipv4Addr::new(192, 168, 60, 101);
+    let excepted_outside = Ipv4Addr::new(192, 168, 60, 100);
+    let outside = cluster
+        .outside_host(&[excepted_outside, allowed_outside])
+        .expect("a host outside the cluster");
+    serve_echo(&outside, WEB);
+    let from_outside = |ip: Ipv4Addr| reaches(&outside, ip, WEB);
+    let to_outside = |ip: Ipv4Addr| reaches(&stranger.ns, ip, WEB);
+    assert!(
+        from_outside(stranger.ip) && to_outside(allowed_outside) && to_outside(excepted_outside)
+    );
+    apply(
+        &cluster,
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: stranger-fenced, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: stranger}}
+  ingress:
+  - fromEntities: [cluster]
+  egress:
+  - toCIDRSet: [{cidr: 192.168.60.0/24, except: [192.168.60.100/32]}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"#,
+    );
+    wait_for("the entity and CIDR rules to take effect", SETTLE, || {
+        let seen = (
+            from_outside(stranger.ip),
+            to_outside(allowed_outside),
+            to_outside(excepted_outside),
+        );
+        (seen == (false, true, false)).then_some(())
+    });
+    assert!(
+        reaches(&employee.ns, stranger.ip, WEB),
+        "the cluster entity admits pods"
+    );
+    assert!(
+        !reaches(&stranger.ns, employee.ip, WEB),
+        "egress is limited to the CIDR"
+    );
+    bed.kubectl_run(&["delete", "cnp", "stranger-fenced", "-n", "default"], None)
+        .expect("delete");
+
+    // Deleting the policy opens the db again.
     bed.kubectl_run(&["delete", "cnp", "protected-db-l4", "-n", "default"], None)
         .expect("delete the policy");
     until_reachability(
