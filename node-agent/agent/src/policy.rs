@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use cilium_crds::pod_identity::parse_identity;
 use cilium_crds::policy::PolicyCondition;
+use cilium_crds::validation::PolicyObject;
 use cilium_crds::{
     CiliumClusterwideNetworkPolicy, CiliumIdentity, CiliumNetworkPolicy, validate_policy,
 };
@@ -83,20 +84,12 @@ impl PolicyState {
     ) -> BTreeMap<PolicyRef, Validity> {
         let mut rules = Vec::new();
         let mut validities = BTreeMap::new();
-        let schema = |problems: Vec<cilium_crds::Problem>| -> Vec<String> {
-            problems.iter().map(ToString::to_string).collect()
-        };
         for cnp in cnps {
             let reference = PolicyRef {
                 namespace: cnp.metadata.namespace.clone(),
                 name: cnp.metadata.name.clone().unwrap_or_default(),
             };
-            let problems = schema(validate_policy(cnp.as_ref()));
-            let parsed = if problems.is_empty() {
-                parse_cnp(cnp, cluster)
-            } else {
-                Err(problems)
-            };
+            let parsed = checked(cnp.as_ref()).and_then(|()| parse_cnp(cnp, cluster));
             validities.insert(reference, take(parsed, &mut rules));
         }
         for ccnp in ccnps {
@@ -104,12 +97,7 @@ impl PolicyState {
                 namespace: None,
                 name: ccnp.metadata.name.clone().unwrap_or_default(),
             };
-            let problems = schema(validate_policy(ccnp.as_ref()));
-            let parsed = if problems.is_empty() {
-                parse_ccnp(ccnp, cluster)
-            } else {
-                Err(problems)
-            };
+            let parsed = checked(ccnp.as_ref()).and_then(|()| parse_ccnp(ccnp, cluster));
             validities.insert(reference, take(parsed, &mut rules));
         }
         self.cidrs.update(&rules);
@@ -148,6 +136,16 @@ impl PolicyState {
     /// The CIDR prefixes policies name, with their local identities, for the ipcache.
     pub fn cidr_entries(&self) -> Vec<(IpNet, u32)> {
         self.cidrs.iter().collect()
+    }
+}
+
+/// The schema validator's problems with `policy`, as text.
+fn checked(policy: &impl PolicyObject) -> Result<(), Vec<String>> {
+    let problems = validate_policy(policy);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.iter().map(ToString::to_string).collect())
     }
 }
 

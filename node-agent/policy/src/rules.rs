@@ -320,10 +320,11 @@ fn rule(context: &mut Context<'_>, path: &str, api: &ApiRule, source: &PolicyRef
             return None;
         }
     };
-    // The four kinds of section have the same shape under different field names.
+    // The four kinds of section have the same shape under different field names; allow
+    // sections may carry L7 rules, deny sections cannot.
     macro_rules! sections {
         ($name:literal, $list:expr, $peers:ident, $requires:ident, $cidr:ident, $cidr_set:ident,
-         $entities:ident, $nodes:ident, $l7:expr) => {
+         $entities:ident, $nodes:ident $(, $l7:ident)?) => {
             $list
                 .iter()
                 .flatten()
@@ -331,10 +332,9 @@ fn rule(context: &mut Context<'_>, path: &str, api: &ApiRule, source: &PolicyRef
                 .map(|(i, r)| {
                     let path = format!("{path}.{}[{i}]", $name);
                     if r.$nodes.is_some() {
-                        context
-                            .problems
-                            .push(format!("{path}: node selectors are not supported yet"));
+                        context.problems.push(format!("{path}: node selectors are not supported yet"));
                     }
+                    let has_l7 = false $(|| r.to_ports.iter().flatten().any(|p| p.$l7.is_some()))?;
                     let section = Section {
                         endpoints: &r.$peers,
                         requires: &r.$requires,
@@ -348,64 +348,19 @@ fn rule(context: &mut Context<'_>, path: &str, api: &ApiRule, source: &PolicyRef
                             .map(|p| p.ports.as_deref().unwrap_or_default())
                             .collect(),
                         icmps: &r.icmps,
-                        has_l7: $l7(r),
+                        has_l7,
                     };
                     peer_rule(context, &path, section)
                 })
                 .collect::<Vec<PeerRule>>()
         };
     }
-    let ingress = sections!(
-        "ingress",
-        api.ingress,
-        from_endpoints,
-        from_requires,
-        from_cidr,
-        from_cidr_set,
-        from_entities,
-        from_nodes,
-        |r: &cilium_crds::policy::IngressRule| r
-            .to_ports
-            .iter()
-            .flatten()
-            .any(|p| p.rules.is_some())
-    );
-    let ingress_deny = sections!(
-        "ingressDeny",
-        api.ingress_deny,
-        from_endpoints,
-        from_requires,
-        from_cidr,
-        from_cidr_set,
-        from_entities,
-        from_nodes,
-        |_| false
-    );
-    let egress = sections!(
-        "egress",
-        api.egress,
-        to_endpoints,
-        to_requires,
-        to_cidr,
-        to_cidr_set,
-        to_entities,
-        to_nodes,
-        |r: &cilium_crds::policy::EgressRule| r
-            .to_ports
-            .iter()
-            .flatten()
-            .any(|p| p.rules.is_some())
-    );
-    let egress_deny = sections!(
-        "egressDeny",
-        api.egress_deny,
-        to_endpoints,
-        to_requires,
-        to_cidr,
-        to_cidr_set,
-        to_entities,
-        to_nodes,
-        |_| false
+    #[rustfmt::skip]
+    let (ingress, ingress_deny, egress, egress_deny) = (
+        sections!("ingress", api.ingress, from_endpoints, from_requires, from_cidr, from_cidr_set, from_entities, from_nodes, rules),
+        sections!("ingressDeny", api.ingress_deny, from_endpoints, from_requires, from_cidr, from_cidr_set, from_entities, from_nodes),
+        sections!("egress", api.egress, to_endpoints, to_requires, to_cidr, to_cidr_set, to_entities, to_nodes, rules),
+        sections!("egressDeny", api.egress_deny, to_endpoints, to_requires, to_cidr, to_cidr_set, to_entities, to_nodes),
     );
     if api
         .egress
