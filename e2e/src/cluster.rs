@@ -382,7 +382,8 @@ impl Cluster {
             format!("--cluster-pool-ipv4-cidr={POD_POOL_V4}"),
             "--kvstore=etcd".into(),
             format!("--etcd-endpoints={}", bed.etcd_endpoint()),
-            "--cluster-pool-ipv4-mask-size=24".into(),
+            // /22: room for the 1,000 endpoints of the policy benchmark on one node.
+            "--cluster-pool-ipv4-mask-size=22".into(),
             FAST_LEASE[0].into(),
             FAST_LEASE[1].into(),
             FAST_LEASE[2].into(),

@@ -14,6 +14,7 @@ use cilium_crds::{
 };
 use cilium_identity::{LabelFilter, LabelSet};
 use cilium_netdev::Netlink;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -28,6 +29,8 @@ use crate::{cep, ipcache, routes};
 use cilium_policy::PolicyRef;
 
 const RESYNC_PERIOD: Duration = Duration::from_secs(10);
+/// CiliumEndpoint writes in flight at once.
+const CEP_WRITE_CONCURRENCY: usize = 16;
 
 /// The objects the agent reads: its own node's pods, and the cluster's namespaces,
 /// identities, CiliumNodes and CiliumEndpoints.
@@ -267,8 +270,13 @@ impl Reconciler {
     async fn sync_endpoints(&self) -> Result<(), kube::Error> {
         let node_ip = self.agent.node().ip;
         let records = self.agent.records();
-        for record in &records {
-            self.sync_endpoint(record).await?;
+        // Writes run a few at a time: with a thousand endpoints one at a time would hold
+        // the pass (and the next policy or identity change) for seconds.
+        let mut writes = futures::stream::iter(&records)
+            .map(|record| self.sync_endpoint(record))
+            .buffer_unordered(CEP_WRITE_CONCURRENCY);
+        while let Some(written) = writes.next().await {
+            written?;
         }
         for cep in self.caches.endpoints.state() {
             if !cep::is_on_node(&cep, node_ip) {

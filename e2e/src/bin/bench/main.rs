@@ -1,12 +1,13 @@
 //! `make bench`: the speed and memory numbers of the issues, printed, never asserted (the
 //! machines are shared and noisy). Runs on its own cluster-in-a-box with release binaries.
 //!
-//! `bench [podcidr] [identity] [cni] [datapath]` runs the named benchmarks (all when none is named).
+//! `bench [podcidr] [identity] [cni] [policy] [datapath]` runs the named benchmarks (all when none is named).
 
 mod cni;
 mod datapath;
 mod identity;
 mod podcidr;
+mod policy;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -30,6 +31,9 @@ fn main() -> ExitCode {
     }
     if runs("cni") {
         report("cni", cni::run(), &mut failed);
+    }
+    if runs("policy") {
+        report("policy", policy::run(), &mut failed);
     }
     if runs("datapath") {
         report("datapath", datapath::run(), &mut failed);
