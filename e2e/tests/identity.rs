@@ -157,7 +157,9 @@ fn pods_get_identities_mirrored_in_cilium_s_kvstore_layout_and_gc_and_outages_co
     let web_labels = "k8s:app=web;k8s:io.cilium.k8s.namespace.labels.team=a;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.cilium.k8s.policy.serviceaccount=default;k8s:io.kubernetes.pod.namespace=shop;";
     let keys = wait_for("the kvstore layout", TIMEOUT, || {
         let keys = kvstore(&etcd);
+        // Each kind is written in its own transaction: wait for all of them.
         let ready = keys.contains_key("cilium/state/ip/v1/c1/10.210.0.5")
+            && keys.contains_key(&format!("cilium/state/identities/v1/id/{web}"))
             && keys
                 .get("cilium/state/nodes/v1/c1/n1")
                 .is_some_and(|n| n.contains("IPv4AllocCIDR\":{"))
