@@ -436,6 +436,21 @@ impl Cluster {
         })
     }
 
+    /// How many CiliumEndpoints, of every namespace, are `ready`.
+    pub fn ready_endpoints(&self) -> Result<usize, Error> {
+        let states = self.bed.kubectl_run(
+            &[
+                "get",
+                "cep",
+                "-A",
+                "-o",
+                "jsonpath={.items[*].status.state}",
+            ],
+            None,
+        )?;
+        Ok(states.split_whitespace().filter(|s| *s == "ready").count())
+    }
+
     /// A host outside the cluster on the nodes' link (its addresses are `world` to the
     /// agents), with routes back to every node's PodCIDR via that node.
     pub fn outside_host(&self, ips: &[Ipv4Addr]) -> Result<NetNs, Error> {

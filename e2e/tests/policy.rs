@@ -82,16 +82,7 @@ fn the_protected_db_scenario_and_every_rule_kind() {
     serve_echo(&stranger.ns, WEB);
     serve_echo(&employee.ns, WEB);
     wait_for("four ready endpoints", SETTLE, || {
-        let all = bed
-            .kubectl_run(&["get", "cep", "-A", "-o", "json"], None)
-            .ok()?;
-        let all: Value = serde_json::from_str(&all).ok()?;
-        let ready = all["items"]
-            .as_array()?
-            .iter()
-            .filter(|c| c["status"]["state"] == "ready")
-            .count();
-        (ready == 4).then_some(())
+        (cluster.ready_endpoints().ok()? == 4).then_some(())
     });
 
     // Before any policy everyone reaches the db.

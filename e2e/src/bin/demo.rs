@@ -54,22 +54,7 @@ fn run(exit_at_once: bool) -> anyhow::Result<()> {
     serve_echo(&db.ns, REDIS);
     let clients = [&employee, &istio, &stranger];
     let deadline = Instant::now() + Duration::from_secs(60);
-    while bed
-        .kubectl_run(
-            &[
-                "get",
-                "cep",
-                "-A",
-                "-o",
-                "jsonpath={.items[*].status.state}",
-            ],
-            None,
-        )?
-        .split_whitespace()
-        .filter(|s| *s == "ready")
-        .count()
-        < 4
-    {
+    while cluster.ready_endpoints()? < 4 {
         anyhow::ensure!(
             Instant::now() < deadline,
             "the endpoints did not become ready"

@@ -4,12 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cilium_crds::pod_identity::parse_identity;
 use cilium_crds::policy::PolicyCondition;
 use cilium_crds::validation::PolicyObject;
-use cilium_crds::{
-    CiliumClusterwideNetworkPolicy, CiliumIdentity, CiliumNetworkPolicy, validate_policy,
-};
+use cilium_crds::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, validate_policy};
 use cilium_identity::LabelSet;
 use cilium_policy::cache::reserved_identities;
 use cilium_policy::{
@@ -112,14 +109,9 @@ impl PolicyState {
 
     /// The selector cache's identities: reserved, the cluster's (from CiliumIdentities) and
     /// the CIDRs' local ones. Returns how many changed.
-    pub fn update_identities(&mut self, identities: &[Arc<CiliumIdentity>]) -> usize {
+    pub fn update_identities(&mut self, identities: &[(u32, LabelSet)]) -> usize {
         let mut all = reserved_identities();
-        all.extend(
-            identities
-                .iter()
-                .filter_map(|cid| parse_identity(cid).ok())
-                .map(|(id, labels)| (id.0, labels)),
-        );
+        all.extend(identities.iter().cloned());
         all.extend(self.cidrs.identities());
         self.cache.update_identities(all)
     }

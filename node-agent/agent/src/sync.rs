@@ -72,12 +72,12 @@ impl Caches {
     }
 }
 
-/// Label set → identity number, from the CiliumIdentities the operator wrote.
-pub fn identity_index(identities: &[Arc<CiliumIdentity>]) -> BTreeMap<LabelSet, u32> {
+/// Every CiliumIdentity's number and labels; objects that do not parse are skipped.
+pub fn parsed_identities(identities: &[Arc<CiliumIdentity>]) -> Vec<(u32, LabelSet)> {
     identities
         .iter()
         .filter_map(|cid| parse_identity(cid).ok())
-        .map(|(id, labels)| (labels, id.0))
+        .map(|(id, labels)| (id.0, labels))
         .collect()
 }
 
@@ -116,8 +116,10 @@ impl Reconciler {
 
     #[tracing::instrument(skip_all)]
     async fn pass(&self, netlink: &Netlink) {
-        self.resolve_identities();
-        let (validities, cidr_entries) = self.compute_policies();
+        // Parsed once for both users: the pods' identity lookup and the selector cache.
+        let identities = parsed_identities(&self.caches.identities.state());
+        self.resolve_identities(&identities);
+        let (validities, cidr_entries) = self.compute_policies(&identities);
         if let Err(e) = self.sync_endpoints().await {
             tracing::warn!(error = %e, "CiliumEndpoint sync failed; retrying");
         }
@@ -161,14 +163,17 @@ impl Reconciler {
 
     /// Reads the policies and identities into the engine and sets every endpoint's policy
     /// map; returns each policy's validity and the CIDR identities for the ipcache.
-    fn compute_policies(&self) -> (BTreeMap<PolicyRef, Validity>, Vec<(ipnet::IpNet, u32)>) {
+    fn compute_policies(
+        &self,
+        identities: &[(u32, LabelSet)],
+    ) -> (BTreeMap<PolicyRef, Validity>, Vec<(ipnet::IpNet, u32)>) {
         let mut state = self.policy.lock().unwrap_or_else(|p| p.into_inner());
         let validities = state.load(
             &self.caches.cnps.state(),
             &self.caches.ccnps.state(),
             &self.agent.node().cluster_name,
         );
-        state.update_identities(&self.caches.identities.state());
+        state.update_identities(identities);
         for record in self.agent.records() {
             let Some(labels) = state.labels(record.identity).cloned() else {
                 continue;
@@ -188,41 +193,35 @@ impl Reconciler {
     ) -> Result<(), kube::Error> {
         let now = jiff::Timestamp::now().to_string();
         for (reference, validity) in validities {
+            let name = ObjectRef::new(&reference.name);
+            let conditions = match &reference.namespace {
+                Some(namespace) => self
+                    .caches
+                    .cnps
+                    .get(&name.within(namespace))
+                    .and_then(|p| p.status.clone()),
+                None => self
+                    .caches
+                    .ccnps
+                    .get(&ObjectRef::new(&reference.name))
+                    .and_then(|p| p.status.clone()),
+            }
+            .and_then(|status| status.conditions);
+            if validity.is_reported(conditions.as_ref()) {
+                continue;
+            }
             let patch = json!({ "status": { "conditions": [validity.condition(&now)] } });
+            let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
             match &reference.namespace {
                 Some(namespace) => {
-                    let current = self
-                        .caches
-                        .cnps
-                        .get(&ObjectRef::new(&reference.name).within(namespace));
-                    if current.is_some_and(|p| {
-                        validity.is_reported(p.status.as_ref().and_then(|s| s.conditions.as_ref()))
-                    }) {
-                        continue;
-                    }
-                    let api: Api<CiliumNetworkPolicy> =
-                        Api::namespaced(self.client.clone(), namespace);
-                    api.patch_status(
-                        &reference.name,
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await?;
+                    Api::<CiliumNetworkPolicy>::namespaced(self.client.clone(), namespace)
+                        .patch_status(&reference.name, &params, &patch)
+                        .await?;
                 }
                 None => {
-                    let current = self.caches.ccnps.get(&ObjectRef::new(&reference.name));
-                    if current.is_some_and(|p| {
-                        validity.is_reported(p.status.as_ref().and_then(|s| s.conditions.as_ref()))
-                    }) {
-                        continue;
-                    }
-                    let api: Api<CiliumClusterwideNetworkPolicy> = Api::all(self.client.clone());
-                    api.patch_status(
-                        &reference.name,
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await?;
+                    Api::<CiliumClusterwideNetworkPolicy>::all(self.client.clone())
+                        .patch_status(&reference.name, &params, &patch)
+                        .await?;
                 }
             }
             tracing::info!(policy = %reference, valid = validity.valid, message = %validity.message, "policy status");
@@ -232,8 +231,11 @@ impl Reconciler {
 
     /// Each endpoint's identity from its pod's labels; `init` while the pod or its identity
     /// is not known yet.
-    fn resolve_identities(&self) {
-        let index = identity_index(&self.caches.identities.state());
+    fn resolve_identities(&self, identities: &[(u32, LabelSet)]) {
+        let index: BTreeMap<&LabelSet, u32> = identities
+            .iter()
+            .map(|(id, labels)| (labels, *id))
+            .collect();
         let node = self.agent.node();
         for record in self.agent.records() {
             let pod = self
@@ -412,13 +414,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_index_maps_label_sets_to_numbers_and_skips_bad_objects() {
+    fn identities_parse_and_bad_objects_are_skipped() {
         let labels: LabelSet = [Label::k8s("app", "db")].into_iter().collect();
         let good = Arc::new(identity_object(NumericIdentity(31_000), &labels));
         let mut bad = identity_object(NumericIdentity(31_001), &labels);
         bad.metadata.name = Some("not-a-number".into());
-        let index = identity_index(&[good, Arc::new(bad)]);
-        assert_eq!(index.get(&labels), Some(&31_000));
-        assert_eq!(index.len(), 1);
+        let parsed = parsed_identities(&[good, Arc::new(bad)]);
+        assert_eq!(parsed, vec![(31_000, labels)]);
     }
 }

@@ -58,12 +58,7 @@ pub fn run() -> anyhow::Result<()> {
     let all_added = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let ready = cluster
-            .bed
-            .list("ciliumendpoints.cilium.io")?
-            .iter()
-            .filter(|cep| cep["status"]["state"] == "ready")
-            .count();
+        let ready = cluster.ready_endpoints()?;
         if ready == PODS {
             break;
         }
