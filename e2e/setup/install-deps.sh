@@ -23,3 +23,12 @@ if command -v systemctl >/dev/null 2>&1; then systemctl disable --now etcd >/dev
 pkill -x etcd >/dev/null 2>&1 || true
 
 "$here/build-kube-apiserver.sh" >/dev/null
+
+# Helm's own SDK (no helm binary is installable here) for the chart's lint and render.
+helm_venv=${CILIUM_RS_CACHE:-/var/cache/cilium-rs}/helm-venv
+if ! "$helm_venv/bin/python" -c 'import helm_python' >/dev/null 2>&1; then
+  echo "install-deps: helm-python-sdk into $helm_venv" >&2
+  mkdir -p "$(dirname "$helm_venv")"
+  python3 -m venv "$helm_venv" >&2
+  "$helm_venv/bin/pip" install -q --disable-pip-version-check helm-python-sdk==0.2.2 >&2
+fi

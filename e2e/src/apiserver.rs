@@ -26,6 +26,9 @@ fn binary() -> Result<PathBuf, Error> {
     }
 }
 
+/// The audit log (JSON lines) in the bed's directory: every request of a service account.
+pub const AUDIT_LOG: &str = "audit.log";
+
 #[derive(Debug)]
 pub struct ApiServer {
     port: u16,
@@ -47,9 +50,19 @@ impl ApiServer {
             &format!("{token},admin,admin,\"system:masters\"\n"),
         )?;
 
+        // Requests of service accounts (the components running with the chart's RBAC) are
+        // audited: the chart test compares what they called with what the chart grants.
+        let audit_policy = dir.join("audit-policy.yaml");
+        pki::write(
+            &audit_policy,
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  userGroups: [\"system:serviceaccounts\"]\n- level: None\n",
+        )?;
+
         let mut command = Command::new(binary()?);
         command
             .arg(format!("--etcd-servers={etcd_endpoint}"))
+            .arg(format!("--audit-policy-file={}", audit_policy.display()))
+            .arg(format!("--audit-log-path={}", dir.join(AUDIT_LOG).display()))
             .arg("--bind-address=127.0.0.1")
             .arg("--advertise-address=127.0.0.1")
             .arg(format!("--secure-port={port}"))
@@ -117,12 +130,16 @@ impl ApiServer {
 
     /// A kubeconfig for the admin user (group `system:masters`).
     pub fn kubeconfig_yaml(&self) -> String {
+        self.kubeconfig_yaml_for(&self.token)
+    }
+
+    /// A kubeconfig authenticating with `token` (e.g. a service account's).
+    pub fn kubeconfig_yaml_for(&self, token: &str) -> String {
         use base64::Engine as _;
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: bed\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    token: {}\ncontexts:\n- name: bed\n  context:\n    cluster: bed\n    user: admin\ncurrent-context: bed\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: bed\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: bed\n  context:\n    cluster: bed\n    user: user\ncurrent-context: bed\n",
             self.url(),
-            self.token
         )
     }
 }

@@ -146,6 +146,37 @@ impl ClusterBed {
         }
     }
 
+    /// A kubeconfig file for service account `namespace/name`, with a token from the
+    /// TokenRequest API (as the kubelet mounts one into the account's pods).
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf, Error> {
+        let token = self.kubectl_run(
+            &["create", "token", name, "-n", namespace, "--duration=2h"],
+            None,
+        )?;
+        let yaml = self
+            .apiserver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .kubeconfig_yaml_for(token.trim());
+        let path = self.dir.join(format!("kubeconfig-{namespace}-{name}"));
+        crate::pki::write(&path, &yaml)?;
+        Ok(path)
+    }
+
+    /// The audit log's events (every request of a service account so far).
+    pub fn audit_events(&self) -> Result<Vec<serde_json::Value>, Error> {
+        let path = self.dir.join(crate::apiserver::AUDIT_LOG);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .map_err(|e| Error::Setup(format!("audit log line {l:?}: {e}")))
+            })
+            .collect()
+    }
+
     /// A client authenticated as the admin.
     pub async fn client(&self) -> Result<kube::Client, Error> {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;

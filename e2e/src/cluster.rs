@@ -135,7 +135,8 @@ pub struct AgentNode {
     bpffs: ScratchBpffs,
     agent: Option<Supervised>,
     starts: u32,
-    etcd_endpoint: String,
+    /// Flags after the ones naming this node's paths (e.g. the kvstore's).
+    flags: Vec<String>,
     _relays: [Relay; 2],
 }
 
@@ -180,7 +181,7 @@ impl AgentNode {
             .arg(format!("--state-dir={}", self.state_dir().display()))
             .arg(format!("--bpf-root={}", self.bpffs.path().display()))
             .arg(format!("--socket-path={}", self.socket().display()))
-            .arg(format!("--etcd-endpoints={}", self.etcd_endpoint))
+            .args(&self.flags)
             .env("RUST_LOG", "info");
         let log = self.dir.join(format!("agent-{}.log", self.starts));
         let mut agent = Supervised::spawn("cilium-agent", command, &log)?;
@@ -373,23 +374,64 @@ pub struct Cluster {
     pub bed: ClusterBed,
 }
 
+/// How a cluster's operator and agents run: their flags and credentials.
+pub struct Setup {
+    pub nodes: usize,
+    pub operator_flags: Vec<String>,
+    /// Flags every agent gets after the ones naming its node's paths.
+    pub agent_flags: Vec<String>,
+    /// Kubeconfigs of the operator and the agents (default: the bed's admin).
+    pub operator_kubeconfig: Option<PathBuf>,
+    pub agent_kubeconfig: Option<PathBuf>,
+}
+
+impl Setup {
+    /// `nodes` nodes, the operator with the test pool in /22 blocks, fast leader election
+    /// and the bed's etcd as the kvstore of both.
+    pub fn standard(bed: &ClusterBed, nodes: usize) -> Self {
+        let etcd = format!("--etcd-endpoints={}", bed.etcd_endpoint());
+        Self {
+            nodes,
+            operator_flags: vec![
+                format!("--cluster-pool-ipv4-cidr={POD_POOL_V4}"),
+                "--kvstore=etcd".into(),
+                etcd.clone(),
+                // /22: room for the 1,000 endpoints of the policy benchmark on one node.
+                "--cluster-pool-ipv4-mask-size=22".into(),
+                FAST_LEASE[0].into(),
+                FAST_LEASE[1].into(),
+                FAST_LEASE[2].into(),
+            ],
+            agent_flags: vec![etcd],
+            operator_kubeconfig: None,
+            agent_kubeconfig: None,
+        }
+    }
+}
+
 impl Cluster {
-    /// A bed of its own with the operator and `count` nodes (`<prefix>-1`, ...), each
-    /// with a Node object and a running agent.
+    /// A bed of its own with the operator and `count` nodes (`node-1`, ...), each with a
+    /// Node object and a running agent.
     pub fn start(count: usize) -> Result<Self, Error> {
         let bed = ClusterBed::start()?;
-        let flags = [
-            format!("--cluster-pool-ipv4-cidr={POD_POOL_V4}"),
-            "--kvstore=etcd".into(),
-            format!("--etcd-endpoints={}", bed.etcd_endpoint()),
-            // /22: room for the 1,000 endpoints of the policy benchmark on one node.
-            "--cluster-pool-ipv4-mask-size=22".into(),
-            FAST_LEASE[0].into(),
-            FAST_LEASE[1].into(),
-            FAST_LEASE[2].into(),
-        ];
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let operator = OperatorProcess::start(&bed, "operator", "default", &flags)?;
+        let setup = Setup::standard(&bed, count);
+        Self::start_on(bed, setup)
+    }
+
+    /// The operator and the nodes of `setup` on `bed`.
+    pub fn start_on(bed: ClusterBed, setup: Setup) -> Result<Self, Error> {
+        let flags: Vec<&str> = setup.operator_flags.iter().map(String::as_str).collect();
+        let operator_kubeconfig = setup
+            .operator_kubeconfig
+            .clone()
+            .unwrap_or_else(|| bed.kubeconfig().to_owned());
+        let operator = OperatorProcess::start_with_kubeconfig(
+            &bed,
+            &operator_kubeconfig,
+            "operator",
+            "default",
+            &flags,
+        )?;
         let lan = Lan::new()?;
         let port_of = |url: String| {
             url.rsplit(':')
@@ -400,7 +442,7 @@ impl Cluster {
         let apiserver_port = port_of(bed.apiserver_url())?;
         let etcd_port = port_of(bed.etcd_endpoint().to_owned())?;
         let mut nodes = Vec::new();
-        for i in 0..count {
+        for i in 0..setup.nodes {
             let index = u8::try_from(i).map_err(|_| Error::Setup("too many nodes".into()))?;
             let name = format!("node-{}", i + 1);
             let [a, b, c] = LAN_PREFIX;
@@ -415,11 +457,14 @@ impl Cluster {
                     Relay::start(&ns, apiserver_port)?,
                     Relay::start(&ns, etcd_port)?,
                 ],
-                etcd_endpoint: bed.etcd_endpoint().to_owned(),
+                flags: setup.agent_flags.clone(),
                 name,
                 ns,
                 ip,
-                kubeconfig: bed.kubeconfig().to_owned(),
+                kubeconfig: setup
+                    .agent_kubeconfig
+                    .clone()
+                    .unwrap_or_else(|| bed.kubeconfig().to_owned()),
                 bpffs: ScratchBpffs::new("node"),
                 dir,
                 agent: None,

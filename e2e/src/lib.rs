@@ -7,6 +7,7 @@
 
 mod apiserver;
 mod bed;
+pub mod chart;
 pub mod cluster;
 mod etcd;
 pub mod netns;

@@ -45,13 +45,21 @@ impl OperatorProcess {
         namespace: &str,
         flags: &[&str],
     ) -> Result<Self, Error> {
+        Self::start_with_kubeconfig(bed, bed.kubeconfig(), identity, namespace, flags)
+    }
+
+    /// As [`start`](Self::start), with the credentials of `kubeconfig`.
+    pub fn start_with_kubeconfig(
+        bed: &ClusterBed,
+        kubeconfig: &std::path::Path,
+        identity: &str,
+        namespace: &str,
+        flags: &[&str],
+    ) -> Result<Self, Error> {
         let api_port = free_port()?;
         let mut command = Command::new(built_binary("cilium-operator")?);
         command
-            .arg(format!(
-                "--k8s-kubeconfig-path={}",
-                bed.kubeconfig().display()
-            ))
+            .arg(format!("--k8s-kubeconfig-path={}", kubeconfig.display()))
             .arg(format!("--k8s-namespace={namespace}"))
             .arg(format!("--identity={identity}"))
             .arg(format!("--operator-api-serve-addr=127.0.0.1:{api_port}"))

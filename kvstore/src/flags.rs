@@ -10,8 +10,9 @@ pub struct KvstoreFlags {
     /// kvstore type; only `etcd` exists.
     #[arg(long)]
     pub kvstore: Option<String>,
-    /// kvstore options, `etcd.config=<file>` (Cilium's etcd YAML with endpoints and TLS files).
-    #[arg(long = "kvstore-opt", value_delimiter = ',')]
+    /// kvstore options, `etcd.config=<file>` (Cilium's etcd YAML with endpoints and TLS
+    /// files), or as Cilium's ConfigMap writes them, `{"etcd.config": "<file>"}`.
+    #[arg(long = "kvstore-opt")]
     pub kvstore_opts: Vec<String>,
     /// etcd endpoints, instead of an etcd.config file.
     #[arg(long, value_delimiter = ',')]
@@ -27,15 +28,14 @@ impl KvstoreFlags {
             return Err(format!("--kvstore={kind:?}: only \"etcd\" is supported"));
         }
         let mut config_file = None;
-        for opt in &self.kvstore_opts {
-            match opt.split_once('=') {
-                Some(("etcd.config", path)) => config_file = Some(PathBuf::from(path)),
-                Some((key, _)) => {
+        for (key, value) in self.options()? {
+            match key.as_str() {
+                "etcd.config" => config_file = Some(PathBuf::from(value)),
+                _ => {
                     return Err(format!(
                         "--kvstore-opt {key:?} is not supported (etcd.config is)"
                     ));
                 }
-                None => return Err(format!("--kvstore-opt {opt:?} is not key=value")),
             }
         }
         match (config_file, self.etcd_endpoints.is_empty()) {
@@ -59,6 +59,30 @@ impl KvstoreFlags {
             }
             (None, true) => Ok(None),
         }
+    }
+}
+
+impl KvstoreFlags {
+    /// Every `--kvstore-opt` as (key, value): `k=v[,k=v]` or a JSON object of strings.
+    fn options(&self) -> Result<Vec<(String, String)>, String> {
+        let mut options = Vec::new();
+        for opt in &self.kvstore_opts {
+            if opt.trim_start().starts_with('{') {
+                let map: std::collections::BTreeMap<String, String> = serde_json::from_str(opt)
+                    .map_err(|e| {
+                        format!("--kvstore-opt {opt:?} is not a JSON object of strings: {e}")
+                    })?;
+                options.extend(map);
+                continue;
+            }
+            for pair in opt.split(',').filter(|p| !p.is_empty()) {
+                let (key, value) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("--kvstore-opt {pair:?} is not key=value"))?;
+                options.push((key.to_owned(), value.to_owned()));
+            }
+        }
+        Ok(options)
     }
 }
 
@@ -88,6 +112,11 @@ mod tests {
             (flags(None, &["etcd.other=x"], &[]), "not supported"),
             (flags(None, &["nonsense"], &[]), "not key=value"),
             (
+                flags(None, &[r#"{"etcd.other": "x"}"#], &[]),
+                "not supported",
+            ),
+            (flags(None, &["{etcd.config"], &[]), "not a JSON object"),
+            (
                 flags(None, &["etcd.config=/x"], &["http://a:1"]),
                 "not both",
             ),
@@ -95,6 +124,11 @@ mod tests {
             (
                 flags(None, &["etcd.config=/nonexistent/etcd.yaml"], &[]),
                 "/nonexistent/etcd.yaml",
+            ),
+            // Cilium's ConfigMap form names the same file.
+            (
+                flags(None, &[r#"{"etcd.config": "/nonexistent/cm.yaml"}"#], &[]),
+                "/nonexistent/cm.yaml",
             ),
         ] {
             let error = bad.etcd_config().expect_err("rejected");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cilium_crds::cli::parse_duration;
+use cilium_crds::cli::{ConfigDir, parse_duration};
 use cilium_identity::LabelFilter;
 use cilium_kvstore::flags::KvstoreFlags;
 use cilium_operator::FIELD_MANAGER;
@@ -17,14 +17,13 @@ use cilium_operator::metrics::Metrics;
 use cilium_operator::nodes::NodeController;
 use cilium_operator::podcidr::PoolConfig;
 use cilium_operator::watch::{Caches, Wakers};
-use clap::Parser;
 use ipnet::IpNet;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::runtime::events::{Recorder, Reporter};
 
 /// Flags as Cilium's operator names them.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "cilium-operator", version)]
 struct Args {
     /// IPv4 pools for cluster-pool IPAM (comma-separated or repeated).
@@ -60,6 +59,9 @@ struct Args {
     /// Address of /healthz and /metrics.
     #[arg(long = "operator-api-serve-addr", default_value = "127.0.0.1:9234")]
     api_addr: SocketAddr,
+    /// A second address serving /metrics to Prometheus (Cilium's `:9963`); off when unset.
+    #[arg(long = "operator-prometheus-serve-addr")]
+    prometheus_addr: Option<SocketAddr>,
     /// Holder identity in the Lease (default: hostname and a random suffix).
     #[arg(long, env = "CILIUM_OPERATOR_ID")]
     identity: Option<String>,
@@ -84,6 +86,8 @@ struct Args {
     /// TTL of the lease the mirror's keys are written under.
     #[arg(long, default_value = "15m", value_parser = parse_duration)]
     kvstore_lease_ttl: Duration,
+    #[command(flatten)]
+    config: ConfigDir,
 }
 
 fn parse_cidr(s: &str) -> Result<IpNet, String> {
@@ -159,7 +163,7 @@ impl Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     cilium_crds::cli::init_logging();
-    cilium_crds::cli::exit_code("cilium-operator", run(Args::parse()).await)
+    cilium_crds::cli::exit_code("cilium-operator", run(cilium_crds::cli::parse_args()).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -174,6 +178,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::default());
     let server = serve(args.api_addr, metrics.clone()).await?;
+    let prometheus = match args.prometheus_addr {
+        Some(addr) => Some(serve(addr, metrics.clone()).await?),
+        None => None,
+    };
+    let prometheus = async move {
+        match prometheus {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
     let (leading_tx, leading) = tokio::sync::watch::channel(false);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &args.namespace);
     let wakers = Wakers::default();
@@ -223,6 +237,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         r = identities_task => r,
         r = mirror_task => r,
         r = server => r.context("health server task").and_then(|served| served.context("health server")),
+        r = prometheus => r.context("metrics server task").and_then(|served| served.context("metrics server")),
         _ = metrics_task => Ok(()),
         _ = shutdown_signal() => {
             tracing::info!("shutting down; releasing {LEASE_NAME}");

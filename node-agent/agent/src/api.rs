@@ -92,6 +92,33 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
+/// `GET /healthz` on 127.0.0.1:`port` for the kubelet's probes (the socket is not
+/// reachable from a probe); a future that never ends when `port` is 0.
+pub async fn serve_health(
+    port: u16,
+    agent: Arc<Agent>,
+) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
+    let listener = match port {
+        0 => None,
+        port => Some(
+            tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
+                .await
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("binding 127.0.0.1:{port}: {e}"))
+                })?,
+        ),
+    };
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .with_state(agent);
+    Ok(async move {
+        match listener {
+            Some(listener) => axum::serve(listener, app).await,
+            None => std::future::pending().await,
+        }
+    })
+}
+
 async fn healthz(State(agent): State<Arc<Agent>>) -> Reply {
     json(StatusCode::OK, &agent.status())
 }

@@ -6,16 +6,17 @@ use anyhow::Context;
 use cilium_agent::agent::Agent;
 use cilium_agent::endpoints::StateDir;
 use cilium_agent::node::Registration;
+use cilium_agent::policy::PolicyState;
 use cilium_agent::sync::{Caches, Reconciler};
 use cilium_crds::cache::Waker;
-use cilium_crds::cli::parse_duration;
+use cilium_crds::cli::{ConfigDir, parse_duration};
 use cilium_datapath::{Datapath, DatapathConfig};
 use cilium_identity::LabelFilter;
 use cilium_kvstore::flags::KvstoreFlags;
-use clap::Parser;
+use cilium_policy::EnforcementMode;
 
 /// The cilium-rs node agent. Flags follow Cilium's agent where it has the same one.
-#[derive(Parser, Debug)]
+#[derive(clap::Parser, Debug)]
 #[command(name = "cilium-agent", version)]
 struct Args {
     /// This node's name (the Node object the kubelet registered).
@@ -50,12 +51,21 @@ struct Args {
     /// How often expired connection-tracking entries are removed.
     #[arg(long = "conntrack-gc-interval", default_value = "60s", value_parser = parse_duration)]
     ct_gc_interval: Duration,
+    /// Policy enforcement: `default` (endpoints a rule selects), `always` (every endpoint)
+    /// or `never`.
+    #[arg(long = "enable-policy", default_value = "default")]
+    enforcement: EnforcementMode,
+    /// Port of `GET /healthz` on 127.0.0.1 (the kubelet's probes); 0 turns it off.
+    #[arg(long = "agent-health-port", default_value_t = 9879)]
+    health_port: u16,
+    #[command(flatten)]
+    config: ConfigDir,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     cilium_crds::cli::init_logging();
-    cilium_crds::cli::exit_code("cilium-agent", run(Args::parse()).await)
+    cilium_crds::cli::exit_code("cilium-agent", run(cilium_crds::cli::parse_args()).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -105,10 +115,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         changed,
         filter,
         ct_gc_interval: args.ct_gc_interval,
-        policy: Default::default(),
+        policy: std::sync::Mutex::new(PolicyState::new(args.enforcement)),
     };
+    let health = cilium_agent::api::serve_health(args.health_port, agent.clone()).await?;
     tokio::select! {
         served = cilium_agent::api::serve(listener, agent) => served.context("API server")?,
+        served = health => served.context("health server")?,
         reconciled = reconciler.run() => reconciled?,
         _ = shutdown_signal() => tracing::info!("shutting down; endpoints stay enforced by the pinned datapath"),
     }

@@ -10,8 +10,8 @@ use cilium_crds::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, validate_
 use cilium_identity::LabelSet;
 use cilium_policy::cache::reserved_identities;
 use cilium_policy::{
-    CidrIdentities, EndpointPolicy, PolicyRef, Rule, SelectorCache, endpoint_policy, parse_ccnp,
-    parse_cnp,
+    CidrIdentities, EndpointPolicy, EnforcementMode, PolicyRef, Rule, SelectorCache,
+    endpoint_policy, parse_ccnp, parse_cnp,
 };
 use ipnet::IpNet;
 
@@ -68,9 +68,17 @@ pub struct PolicyState {
     rules: Vec<Rule>,
     cache: SelectorCache,
     cidrs: CidrIdentities,
+    mode: EnforcementMode,
 }
 
 impl PolicyState {
+    pub fn new(mode: EnforcementMode) -> Self {
+        Self {
+            mode,
+            ..Self::default()
+        }
+    }
+
     /// Reads every policy: the valid ones' rules replace the current set; each policy's
     /// validity is returned for its status. An invalid policy contributes no rule at all.
     pub fn load(
@@ -122,7 +130,7 @@ impl PolicyState {
     }
 
     pub fn endpoint(&mut self, labels: &LabelSet) -> EndpointPolicy {
-        endpoint_policy(&self.rules, labels, &mut self.cache, &self.cidrs)
+        endpoint_policy(&self.rules, labels, &mut self.cache, &self.cidrs, self.mode)
     }
 
     /// The CIDR prefixes policies name, with their local identities, for the ipcache.

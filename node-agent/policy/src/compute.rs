@@ -14,6 +14,33 @@ use crate::selector::Selector;
 /// The wildcard identity of the policy map: any peer.
 const ANY_PEER: u32 = 0;
 
+/// Cilium's `--enable-policy` (Helm `policyEnforcementMode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EnforcementMode {
+    /// A direction is enforced once a rule selecting the endpoint covers it.
+    #[default]
+    Default,
+    /// Every endpoint is enforced in both directions, selected by a rule or not.
+    Always,
+    /// Nothing is enforced; rules are still validated but never applied.
+    Never,
+}
+
+impl std::str::FromStr for EnforcementMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "default" => Ok(Self::Default),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            other => Err(format!(
+                "{other:?} is not a policy enforcement mode (default, always, never)"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointPolicy {
     pub map: PolicyMap,
@@ -100,8 +127,12 @@ pub fn endpoint_policy(
     labels: &LabelSet,
     cache: &mut SelectorCache,
     cidrs: &CidrIdentities,
+    mode: EnforcementMode,
 ) -> EndpointPolicy {
-    let selecting: Vec<&Rule> = rules.iter().filter(|r| r.subject.matches(labels)).collect();
+    let selecting: Vec<&Rule> = match mode {
+        EnforcementMode::Never => Vec::new(),
+        _ => rules.iter().filter(|r| r.subject.matches(labels)).collect(),
+    };
     let mut all = Vec::new();
     let mut enforced = [false, false];
     for (slot, direction) in [Direction::Ingress, Direction::Egress]
@@ -116,7 +147,8 @@ pub fn endpoint_policy(
             })
             .flat_map(|s| s.requires.iter().cloned())
             .collect();
-        enforced[slot] = selecting.iter().any(|r| sections(r, direction).2);
+        enforced[slot] =
+            mode == EnforcementMode::Always || selecting.iter().any(|r| sections(r, direction).2);
         if enforced[slot] {
             if direction == Direction::Ingress {
                 // As Cilium's default `allow-localhost`: the node itself (kubelet probes)
@@ -182,6 +214,7 @@ mod tests {
     const DB: u32 = 300;
     const EMPLOYEE: u32 = 301;
     const STRANGER: u32 = 302;
+    const HOST: u32 = 1;
     const ISTIO_EMPLOYEE: u32 = 303;
 
     fn pod(app: &str, namespace: &str) -> LabelSet {
@@ -198,6 +231,7 @@ mod tests {
         rules: Vec<Rule>,
         cache: SelectorCache,
         cidrs: CidrIdentities,
+        mode: EnforcementMode,
     }
 
     impl World {
@@ -230,12 +264,19 @@ mod tests {
                 rules,
                 cache,
                 cidrs,
+                mode: EnforcementMode::Default,
             }
         }
 
         fn policy(&mut self, identity: u32) -> EndpointPolicy {
             let labels = self.cache.identities()[&identity].clone();
-            endpoint_policy(&self.rules, &labels, &mut self.cache, &self.cidrs)
+            endpoint_policy(
+                &self.rules,
+                &labels,
+                &mut self.cache,
+                &self.cidrs,
+                self.mode,
+            )
         }
 
         /// The datapath's verdict for a packet to (ingress) or from (egress) `identity`.
@@ -467,6 +508,32 @@ spec:
         assert!(!db.ingress_enforced);
         assert!(db.l7_not_enforced);
         assert!(world.allows(DB, Direction::Ingress, STRANGER, PROTO_TCP, 22));
+    }
+
+    #[test]
+    fn enforcement_modes() {
+        let mut world = World::new(&[PROTECTED_DB]);
+        world.mode = EnforcementMode::Always;
+        // Selected by no rule, yet enforced both ways: only the node gets in.
+        let stranger = world.policy(STRANGER);
+        assert!(stranger.ingress_enforced && stranger.egress_enforced);
+        assert!(!world.allows(STRANGER, Direction::Ingress, EMPLOYEE, PROTO_TCP, 80));
+        assert!(!world.allows(STRANGER, Direction::Egress, DB, PROTO_TCP, 6379));
+        assert!(world.allows(STRANGER, Direction::Ingress, HOST, PROTO_TCP, 80));
+        // The rule's allows still apply.
+        assert!(world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 6379));
+        assert!(!world.allows(DB, Direction::Ingress, STRANGER, PROTO_TCP, 6379));
+
+        world.mode = EnforcementMode::Never;
+        let db = world.policy(DB);
+        assert!(!db.ingress_enforced && !db.egress_enforced);
+        assert!(world.allows(DB, Direction::Ingress, STRANGER, PROTO_TCP, 6379));
+
+        assert_eq!("always".parse(), Ok(EnforcementMode::Always));
+        let error = "sometimes"
+            .parse::<EnforcementMode>()
+            .expect_err("rejected");
+        assert!(error.contains("sometimes"), "{error}");
     }
 
     #[test]

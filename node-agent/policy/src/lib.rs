@@ -14,6 +14,6 @@ pub mod rules;
 pub mod selector;
 
 pub use cache::{CidrIdentities, SelectorCache};
-pub use compute::{EndpointPolicy, endpoint_policy};
+pub use compute::{EndpointPolicy, EnforcementMode, endpoint_policy};
 pub use rules::{Peer, PeerRule, PolicyRef, Rule, parse_ccnp, parse_cnp};
 pub use selector::Selector;
