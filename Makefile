@@ -2,7 +2,7 @@
 # kube-apiserver, formatting and lints) and installs what it needs first.
 CARGO ?= cargo
 
-.PHONY: all deps build test unit e2e bench lint crds crds-check cluster-in-a-box demo clean
+.PHONY: all deps build test unit e2e bench lint lint-chart crds cluster-in-a-box demo image clean
 
 all: build
 
@@ -34,13 +34,25 @@ bench: deps
 	$(CARGO) build --release --workspace --bins
 	./target/release/bench $(BENCH)
 
-lint:
+lint: lint-chart
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## crds: regenerate the CRD YAML from the Rust types (commit the result)
+HELM_PYTHON ?= $${CILIUM_RS_CACHE:-/var/cache/cilium-rs}/helm-venv/bin/python
+
+## lint-chart: `helm lint --strict` of the chart, default values and the mesh example (Helm's SDK)
+lint-chart: deps
+	$(HELM_PYTHON) charts/tools/helm.py lint charts/cilium
+	$(HELM_PYTHON) charts/tools/helm.py lint charts/cilium -f charts/cilium/ci/clustermesh-ipv6-etcd-values.yaml
+
+## image: the container image of every binary (needs a Docker engine; not built in CI)
+image:
+	docker build -t ghcr.io/cilium-rs/cilium-rs:$$(sed -n 's/^appVersion: "\(.*\)"/\1/p' charts/cilium/Chart.yaml) .
+
+## crds: regenerate the CRD YAML from the Rust types, for crds/ and the chart (commit the result)
 crds:
 	$(CARGO) run -q -p cilium-crds --bin crdgen > crds/yaml/cilium-crds.yaml
+	cp crds/yaml/cilium-crds.yaml charts/cilium/crds/cilium-crds.yaml
 
 ## cluster-in-a-box: etcd + kube-apiserver + CRDs + operator + two agent nodes, until Ctrl-C
 cluster-in-a-box: deps

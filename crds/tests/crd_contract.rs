@@ -51,6 +51,21 @@ fn checked_in_yaml_is_what_the_types_generate() {
 }
 
 #[test]
+fn the_charts_crds_are_the_generated_ones() {
+    let generated = cilium_crds::all_yaml().expect("CRDs render");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/cilium/crds/cilium-crds.yaml"
+    );
+    let in_chart =
+        std::fs::read_to_string(path).expect("charts/cilium/crds/cilium-crds.yaml exists");
+    assert!(
+        generated == in_chart,
+        "charts/cilium/crds/cilium-crds.yaml differs from the types: run `make crds` and commit the result"
+    );
+}
+
+#[test]
 fn names_scopes_and_subresources_are_ciliums() {
     let expected = [
         (

@@ -62,7 +62,10 @@ impl ApiServer {
         command
             .arg(format!("--etcd-servers={etcd_endpoint}"))
             .arg(format!("--audit-policy-file={}", audit_policy.display()))
-            .arg(format!("--audit-log-path={}", dir.join(AUDIT_LOG).display()))
+            .arg(format!(
+                "--audit-log-path={}",
+                dir.join(AUDIT_LOG).display()
+            ))
             .arg("--bind-address=127.0.0.1")
             .arg("--advertise-address=127.0.0.1")
             .arg(format!("--secure-port={port}"))

@@ -148,7 +148,11 @@ impl ClusterBed {
 
     /// A kubeconfig file for service account `namespace/name`, with a token from the
     /// TokenRequest API (as the kubelet mounts one into the account's pods).
-    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf, Error> {
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<PathBuf, Error> {
         let token = self.kubectl_run(
             &["create", "token", name, "-n", namespace, "--duration=2h"],
             None,

@@ -54,7 +54,10 @@ pub fn helm(command: &str, values: &[&Path], extra: &[&str]) -> Result<HelmRun, 
 pub fn render(values: &[&Path]) -> Result<Vec<serde_json::Value>, Error> {
     let run = helm("template", values, &[])?;
     if !run.success {
-        return Err(Error::Setup(format!("helm template: {}", run.stderr.trim())));
+        return Err(Error::Setup(format!(
+            "helm template: {}",
+            run.stderr.trim()
+        )));
     }
     parse_documents(&run.stdout)
 }

@@ -378,6 +378,8 @@ pub struct Cluster {
 pub struct Setup {
     pub nodes: usize,
     pub operator_flags: Vec<String>,
+    /// Namespace of the operator's Lease.
+    pub operator_namespace: String,
     /// Flags every agent gets after the ones naming its node's paths.
     pub agent_flags: Vec<String>,
     /// Kubeconfigs of the operator and the agents (default: the bed's admin).
@@ -402,6 +404,7 @@ impl Setup {
                 FAST_LEASE[1].into(),
                 FAST_LEASE[2].into(),
             ],
+            operator_namespace: "default".into(),
             agent_flags: vec![etcd],
             operator_kubeconfig: None,
             agent_kubeconfig: None,
@@ -429,7 +432,7 @@ impl Cluster {
             &bed,
             &operator_kubeconfig,
             "operator",
-            "default",
+            &setup.operator_namespace,
             &flags,
         )?;
         let lan = Lan::new()?;

@@ -55,7 +55,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - name: etcd-config-path
   configMap:
     name: cilium-config
-    defaultMode: 0400
+    defaultMode: 256 # 0400
     items:
       - key: etcd-config
         path: etcd.config
@@ -63,7 +63,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - name: etcd-secrets
   secret:
     secretName: cilium-etcd-secrets
-    defaultMode: 0400
+    defaultMode: 256 # 0400
 {{- end }}
 {{- end }}
 {{- end -}}
