@@ -21,7 +21,7 @@ test: deps lint
 ## unit: tests that need no servers (the library crates)
 unit:
 	$(CARGO) test -p cilium-crds -p cilium-identity -p cilium-kvstore -p cilium-datapath \
-		-p cilium-agent -p cilium-agent-api -p cilium-cni -p cilium-netdev --lib
+		-p cilium-agent -p cilium-agent-api -p cilium-cni -p cilium-netdev -p cilium-policy --lib
 	$(CARGO) test -p cilium-operator --lib
 
 ## e2e: the end-to-end tests on the cluster-in-a-box

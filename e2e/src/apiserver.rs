@@ -13,17 +13,7 @@ fn binary() -> Result<PathBuf, Error> {
     if let Some(path) = std::env::var_os("KUBE_APISERVER") {
         return Ok(path.into());
     }
-    let cache =
-        std::env::var_os("CILIUM_RS_CACHE").unwrap_or_else(|| "/var/cache/cilium-rs".into());
-    let path = Path::new(&cache).join("kube-apiserver-v1.20.2");
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(Error::Setup(format!(
-            "no kube-apiserver at {} (run `make deps`, or set KUBE_APISERVER)",
-            path.display()
-        )))
-    }
+    crate::cached_dependency("kube-apiserver-v1.20.2", "or set KUBE_APISERVER")
 }
 
 /// The audit log (JSON lines) in the bed's directory: every request of a service account.

@@ -12,16 +12,7 @@ pub fn chart_dir() -> PathBuf {
 }
 
 fn python() -> Result<PathBuf, Error> {
-    let cache = std::env::var("CILIUM_RS_CACHE").unwrap_or_else(|_| "/var/cache/cilium-rs".into());
-    let python = Path::new(&cache).join("helm-venv/bin/python");
-    if python.exists() {
-        Ok(python)
-    } else {
-        Err(Error::Setup(format!(
-            "no {} (run `make deps`: it installs helm-python-sdk)",
-            python.display()
-        )))
-    }
+    crate::cached_dependency("helm-venv/bin/python", "it installs helm-python-sdk")
 }
 
 /// What one run of `helm.py` said.

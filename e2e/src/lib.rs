@@ -63,6 +63,22 @@ impl Error {
     }
 }
 
+/// `path` in the cache `make deps` fills (`$CILIUM_RS_CACHE`, default
+/// `/var/cache/cilium-rs`), or an error telling to run it (`hint` says more).
+pub fn cached_dependency(path: &str, hint: &str) -> Result<std::path::PathBuf, Error> {
+    let cache =
+        std::env::var_os("CILIUM_RS_CACHE").unwrap_or_else(|| "/var/cache/cilium-rs".into());
+    let full = std::path::Path::new(&cache).join(path);
+    if full.exists() {
+        Ok(full)
+    } else {
+        Err(Error::Setup(format!(
+            "no {} (run `make deps`; {hint})",
+            full.display()
+        )))
+    }
+}
+
 /// How long a server may take to become ready before the bed gives up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(90);
 
