@@ -484,6 +484,27 @@ impl Cluster {
         })
     }
 
+    /// The `Valid` condition of policy `kind`/`name` (a CNP in `namespace`, or a CCNP), once
+    /// the agents have written one.
+    pub fn valid_condition(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<serde_json::Value> {
+        let mut args = vec!["get", kind, name, "-o", "json"];
+        if let Some(ns) = namespace {
+            args.extend(["-n", ns]);
+        }
+        let object: serde_json::Value =
+            serde_json::from_str(&self.bed.kubectl_run(&args, None).ok()?).ok()?;
+        object["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Valid")
+            .cloned()
+    }
+
     /// How many CiliumEndpoints, of every namespace, are `ready`.
     pub fn ready_endpoints(&self) -> Result<usize, Error> {
         let states = self.bed.kubectl_run(
@@ -526,6 +547,11 @@ impl Cluster {
         }
         Ok(ns)
     }
+}
+
+/// The labels of a test pod: `app=<app>`.
+pub fn app_labels(app: &str) -> BTreeMap<&str, &str> {
+    BTreeMap::from([("app", app)])
 }
 
 /// A Node object with `ip` as its InternalIP, as a kubelet registers it.

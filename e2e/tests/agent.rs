@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use e2e::cluster::{AgentNode, Cluster, CniPod, agent_get, agent_request, as_pairs, cni_env};
+use e2e::cluster::{
+    AgentNode, Cluster, CniPod, agent_get, agent_request, app_labels, as_pairs, cni_env,
+};
 use e2e::netns::NetNs;
 use e2e::traffic::{reaches, serve_echo};
 use e2e::wait_for;
@@ -15,10 +17,6 @@ use serde_json::Value;
 
 const ECHO: u16 = 8080;
 const SETTLE: Duration = Duration::from_secs(60);
-
-fn labels(app: &str) -> BTreeMap<&str, &str> {
-    BTreeMap::from([("app", app)])
-}
 
 /// The agent's endpoints: id → (container, IPv4, identity, state).
 fn endpoints(node: &AgentNode) -> BTreeMap<u64, (String, String, u64, String)> {
@@ -146,16 +144,16 @@ fn pods_are_networked_within_and_across_nodes_and_survive_an_agent_restart() {
 
     let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
     let a1 = n1
-        .add_pod(bed, "default", "a1", &labels("alpha"))
+        .add_pod(bed, "default", "a1", &app_labels("alpha"))
         .expect("a1");
     let a2 = n1
-        .add_pod(bed, "default", "a2", &labels("beta"))
+        .add_pod(bed, "default", "a2", &app_labels("beta"))
         .expect("a2");
     let b1 = n2
-        .add_pod(bed, "default", "b1", &labels("alpha"))
+        .add_pod(bed, "default", "b1", &app_labels("alpha"))
         .expect("b1");
     let b2 = n2
-        .add_pod(bed, "default", "b2", &labels("gamma"))
+        .add_pod(bed, "default", "b2", &app_labels("gamma"))
         .expect("b2");
     for (pod, cidr) in [
         (&a1, cidrs[0]),

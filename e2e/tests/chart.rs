@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use e2e::chart::{self, find, helm, render};
-use e2e::cluster::{Cluster, Setup};
+use e2e::cluster::{Cluster, Setup, app_labels};
 use e2e::operator::{FAST_LEASE, http_get};
 use e2e::process::free_port;
 use e2e::traffic::{reaches, serve_echo};
@@ -335,15 +335,14 @@ fn operator_and_agents_work_with_the_charts_rbac_and_config() {
     bed.create_namespace("apps").expect("namespace");
 
     // Pods on both nodes get endpoints with identities; policies get their status.
-    let labels = |app| BTreeMap::from([("app", app)]);
     let db = cluster.nodes[0]
-        .add_pod(bed, "apps", "db", &labels("db"))
+        .add_pod(bed, "apps", "db", &app_labels("db"))
         .expect("db pod");
     let client = cluster.nodes[1]
-        .add_pod(bed, "apps", "client", &labels("client"))
+        .add_pod(bed, "apps", "client", &app_labels("client"))
         .expect("client pod");
     let temp = cluster.nodes[1]
-        .add_pod(bed, "apps", "temp", &labels("temp"))
+        .add_pod(bed, "apps", "temp", &app_labels("temp"))
         .expect("temp pod");
     wait_for("3 ready CiliumEndpoints", SETTLE, || {
         (cluster.ready_endpoints().ok()? == 3).then_some(())
@@ -351,12 +350,14 @@ fn operator_and_agents_work_with_the_charts_rbac_and_config() {
     let policies = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: db, namespace: apps}\nspec:\n  endpointSelector: {matchLabels: {app: db}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: client, namespace: apps}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  - toEndpoints: [{matchLabels: {app: db}}]\n---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: deny-temp}\nspec:\n  endpointSelector: {matchLabels: {app: temp}}\n  egressDeny:\n  - toEntities: [world]\n";
     bed.kubectl_run(&["apply", "-f", "-"], Some(policies))
         .expect("policies");
-    for object in ["cnp/db -n apps", "cnp/client -n apps", "ccnp/deny-temp"] {
-        let mut args: Vec<&str> = vec!["get"];
-        args.extend(object.split(' '));
-        args.extend(["-o", "jsonpath={.status.conditions[0].status}"]);
-        wait_for(&format!("{object} Valid"), SETTLE, || {
-            (bed.kubectl_run(&args, None).ok()? == "True").then_some(())
+    for (kind, namespace, name) in [
+        ("cnp", Some("apps"), "db"),
+        ("cnp", Some("apps"), "client"),
+        ("ccnp", None, "deny-temp"),
+    ] {
+        wait_for(&format!("{kind}/{name} Valid"), SETTLE, || {
+            let condition = cluster.valid_condition(kind, namespace, name)?;
+            (condition["status"] == "True").then_some(())
         });
     }
     serve_echo(&db.ns, ECHO);

@@ -2,12 +2,11 @@
 //! clustermesh document on one cluster of two nodes, then a deny rule, an egress rule, an
 //! invalid policy, a pod whose labels change, and the policy's deletion. Needs root.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use e2e::cluster::{Cluster, CniPod};
+use e2e::cluster::{Cluster, CniPod, app_labels};
 use e2e::traffic::{reaches, serve_echo};
 use e2e::wait_for;
 use serde_json::Value;
@@ -23,10 +22,6 @@ fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-fn app(name: &str) -> BTreeMap<&str, &str> {
-    BTreeMap::from([("app", name)])
-}
-
 /// Waits until every `(from, to, port, expected)` holds at once.
 fn until_reachability(what: &str, cases: &[(&CniPod, &CniPod, u16, bool)]) {
     wait_for(what, SETTLE, || {
@@ -35,19 +30,6 @@ fn until_reachability(what: &str, cases: &[(&CniPod, &CniPod, u16, bool)]) {
             .all(|(from, to, port, expected)| reaches(&from.ns, to.ip, *port) == *expected)
             .then_some(())
     });
-}
-
-fn condition(cluster: &Cluster, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
-    let mut args = vec!["get", kind, name, "-o", "json"];
-    if let Some(ns) = namespace {
-        args.extend(["-n", ns]);
-    }
-    let object: Value = serde_json::from_str(&cluster.bed.kubectl_run(&args, None).ok()?).ok()?;
-    object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Valid")
-        .cloned()
 }
 
 fn apply(cluster: &Cluster, yaml: &str) {
@@ -67,16 +49,16 @@ fn the_protected_db_scenario_and_every_rule_kind() {
     let bed = &cluster.bed;
     let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
     let db = n1
-        .add_pod(bed, "default", "protected-db", &app("protected-db"))
+        .add_pod(bed, "default", "protected-db", &app_labels("protected-db"))
         .expect("db");
     let stranger = n1
-        .add_pod(bed, "default", "stranger", &app("stranger"))
+        .add_pod(bed, "default", "stranger", &app_labels("stranger"))
         .expect("stranger");
     let employee = n2
-        .add_pod(bed, "default", "employee", &app("employee"))
+        .add_pod(bed, "default", "employee", &app_labels("employee"))
         .expect("employee");
     let istio = n2
-        .add_pod(bed, "istio-space", "employee", &app("employee"))
+        .add_pod(bed, "istio-space", "employee", &app_labels("employee"))
         .expect("istio-space employee");
     serve_echo(&db.ns, REDIS);
     serve_echo(&stranger.ns, WEB);
@@ -110,7 +92,7 @@ fn the_protected_db_scenario_and_every_rule_kind() {
         ],
     );
     let valid = wait_for("the policy's Valid condition", SETTLE, || {
-        condition(&cluster, "cnp", Some("default"), "protected-db-l4")
+        cluster.valid_condition("cnp", Some("default"), "protected-db-l4")
     });
     assert_eq!(valid["status"], "True", "{valid}");
     let cep = bed
@@ -140,7 +122,7 @@ specs:
 "#,
     );
     let invalid = wait_for("the invalid policy's condition", SETTLE, || {
-        condition(&cluster, "cnp", Some("default"), "half-broken")
+        cluster.valid_condition("cnp", Some("default"), "half-broken")
     });
     assert_eq!(invalid["status"], "False", "{invalid}");
     assert!(
@@ -243,7 +225,8 @@ spec:
 "#,
     );
     wait_for("the unselecting policy to be accepted", SETTLE, || {
-        condition(&cluster, "cnp", Some("default"), "selects-nobody")
+        cluster
+            .valid_condition("cnp", Some("default"), "selects-nobody")
             .filter(|c| c["status"] == "True")
     });
     assert!(reaches(&employee.ns, stranger.ip, WEB));

@@ -4,12 +4,11 @@
 //! Cilium objects and the kvstore's keys; then keeps running until Ctrl-C (`--exit` stops
 //! at once).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::cluster::{Cluster, CniPod};
+use e2e::cluster::{Cluster, CniPod, app_labels};
 use e2e::traffic::{reaches, serve_echo};
 
 const REDIS: u16 = 6379;
@@ -46,11 +45,10 @@ fn run(exit_at_once: bool) -> anyhow::Result<()> {
     let bed = &cluster.bed;
     bed.create_namespace("istio-space")?;
     let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
-    let app = |name: &'static str| BTreeMap::from([("app", name)]);
-    let db = n1.add_pod(bed, "default", "protected-db", &app("protected-db"))?;
-    let stranger = n1.add_pod(bed, "default", "stranger", &app("stranger"))?;
-    let employee = n2.add_pod(bed, "default", "employee", &app("employee"))?;
-    let istio = n2.add_pod(bed, "istio-space", "employee", &app("employee"))?;
+    let db = n1.add_pod(bed, "default", "protected-db", &app_labels("protected-db"))?;
+    let stranger = n1.add_pod(bed, "default", "stranger", &app_labels("stranger"))?;
+    let employee = n2.add_pod(bed, "default", "employee", &app_labels("employee"))?;
+    let istio = n2.add_pod(bed, "istio-space", "employee", &app_labels("employee"))?;
     serve_echo(&db.ns, REDIS);
     let clients = [&employee, &istio, &stranger];
     let deadline = Instant::now() + Duration::from_secs(60);
