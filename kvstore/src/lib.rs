@@ -12,6 +12,8 @@ pub mod sync;
 
 pub use cluster_config::ClusterConfig;
 pub use etcd::{EtcdConfig, EtcdError};
+/// The etcd client this crate connects with, for callers that read with it.
+pub use etcd_client;
 pub use ip::IpIdentityPair;
 pub use node::{AllocCidr, KvNode, NodeAddress};
 

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use cilium_crds::CiliumNode;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +102,52 @@ pub struct KvNode {
 }
 
 impl KvNode {
+    /// The entry of a CiliumNode, as a mirror of CiliumNode objects writes it (source
+    /// `custom-resource`); addresses and CIDRs that do not parse are left out.
+    pub fn from_cilium_node(cluster: &str, cluster_id: u8, cn: &CiliumNode) -> KvNode {
+        let spec = &cn.spec;
+        let pod_cidrs: Vec<IpNet> = spec
+            .ipam
+            .as_ref()
+            .and_then(|i| i.pod_cidrs.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        let first = |v4: bool| {
+            pod_cidrs
+                .iter()
+                .find(|c| matches!(c, IpNet::V4(_)) == v4)
+                .map(AllocCidr::from_net)
+        };
+        let health = spec.health.as_ref();
+        KvNode {
+            name: cn.metadata.name.clone().unwrap_or_default(),
+            cluster: cluster.to_owned(),
+            ip_addresses: spec
+                .addresses
+                .iter()
+                .flatten()
+                .map(|a| NodeAddress {
+                    kind: a.type_.clone(),
+                    ip: a.ip.clone(),
+                })
+                .collect(),
+            ipv4_alloc_cidr: first(true),
+            ipv6_alloc_cidr: first(false),
+            ipv4_health_ip: health.and_then(|h| h.ipv4.clone()).unwrap_or_default(),
+            ipv6_health_ip: health.and_then(|h| h.ipv6.clone()).unwrap_or_default(),
+            cluster_id: u32::from(cluster_id),
+            source: SOURCE_CUSTOM_RESOURCE.to_owned(),
+            encryption_key: spec
+                .encryption
+                .as_ref()
+                .and_then(|e| e.key)
+                .and_then(|k| u8::try_from(k).ok())
+                .unwrap_or(0),
+        }
+    }
+
     pub fn encode(&self) -> String {
         // Plain strings, numbers and options: serialization cannot fail.
         serde_json::to_string(self).unwrap_or_default()

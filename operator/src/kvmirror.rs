@@ -17,13 +17,8 @@ use std::time::Duration;
 use cilium_crds::{CiliumEndpoint, CiliumIdentity, CiliumNode};
 use cilium_identity::{ClusterScope, NumericIdentity};
 use cilium_kvstore::keys::{self, IDENTITIES_PREFIX, IP_PREFIX, NODES_PREFIX};
-use cilium_kvstore::node::SOURCE_CUSTOM_RESOURCE;
 use cilium_kvstore::sync::{LeasedClient, plan, rewrite};
-use cilium_kvstore::{
-    AllocCidr, ClusterConfig, DecodeError, EtcdConfig, EtcdError, IpIdentityPair, KvNode,
-    NodeAddress,
-};
-use ipnet::IpNet;
+use cilium_kvstore::{ClusterConfig, DecodeError, EtcdConfig, EtcdError, IpIdentityPair, KvNode};
 use kube::ResourceExt;
 use tokio::sync::watch;
 
@@ -236,7 +231,7 @@ pub fn desired_state(
     );
     let mut node_names: BTreeMap<String, String> = BTreeMap::new();
     for cn in cilium_nodes {
-        let node = kv_node(cluster, cluster_id, cn);
+        let node = KvNode::from_cilium_node(cluster, cluster_id, cn);
         for address in &node.ip_addresses {
             node_names
                 .entry(address.ip.clone())
@@ -304,50 +299,6 @@ pub fn desired_state(
         }
     }
     state
-}
-
-fn kv_node(cluster: &str, cluster_id: u8, cn: &CiliumNode) -> KvNode {
-    let spec = &cn.spec;
-    let pod_cidrs: Vec<IpNet> = spec
-        .ipam
-        .as_ref()
-        .and_then(|i| i.pod_cidrs.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.parse().ok())
-        .collect();
-    let first = |v4: bool| {
-        pod_cidrs
-            .iter()
-            .find(|c| matches!(c, IpNet::V4(_)) == v4)
-            .map(AllocCidr::from_net)
-    };
-    let health = spec.health.as_ref();
-    KvNode {
-        name: cn.name_any(),
-        cluster: cluster.to_owned(),
-        ip_addresses: spec
-            .addresses
-            .iter()
-            .flatten()
-            .map(|a| NodeAddress {
-                kind: a.type_.clone(),
-                ip: a.ip.clone(),
-            })
-            .collect(),
-        ipv4_alloc_cidr: first(true),
-        ipv6_alloc_cidr: first(false),
-        ipv4_health_ip: health.and_then(|h| h.ipv4.clone()).unwrap_or_default(),
-        ipv6_health_ip: health.and_then(|h| h.ipv6.clone()).unwrap_or_default(),
-        cluster_id: u32::from(cluster_id),
-        source: SOURCE_CUSTOM_RESOURCE.to_owned(),
-        encryption_key: spec
-            .encryption
-            .as_ref()
-            .and_then(|e| e.key)
-            .and_then(|k| u8::try_from(k).ok())
-            .unwrap_or(0),
-    }
 }
 
 #[cfg(test)]

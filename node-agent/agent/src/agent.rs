@@ -2,22 +2,39 @@
 //! API and the reconciler perform on it. Each operation is all-or-nothing: a step that fails
 //! undoes the ones before it, so the state on disk, in memory and in the kernel agree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use cilium_agent_api::{
-    EndpointChangeRequest, EndpointModel, EndpointRef, IpamAllocation, IpamStatus, StatusResponse,
+    BpfEndpointModel, CtEntryModel, EndpointChangeRequest, EndpointModel, EndpointRef, Health,
+    HealthState, IpamAllocation, IpamStatus, IpcacheEntryModel, MonitorMessage, PolicyMapModel,
+    PrefilterEntryModel, PrefilterModel, StatusResponse,
 };
 use cilium_crds::cache::Waker;
-use cilium_datapath::{Datapath, Endpoint, IpcacheEntry, PolicyMap};
-use cilium_identity::ReservedIdentity;
-use cilium_policy::EndpointPolicy;
+use cilium_datapath::{Datapath, Endpoint, IpcacheEntry, PolicyMap, monotonic_ns, policy_map_name};
+use cilium_identity::{LabelSet, ReservedIdentity};
+use cilium_policy::{EndpointPolicy, EnforcementMode};
 use ipnet::{IpNet, Ipv4Net};
+use tokio::sync::broadcast;
 
+use crate::controllers::{self, Controllers};
 use crate::endpoints::{EndpointRecord, EndpointTable, StateDir, StateError, parse_mac};
+use crate::inspect;
 use crate::ipam::{HostIpam, IpamError};
+use crate::metrics::{AgentMetrics, StateSample};
+
+/// How the agent was started: what status reports and what the prefilter may do.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSettings {
+    pub enforcement: EnforcementMode,
+    /// Devices the XDP prefilter is attached to (none: it is off).
+    pub prefilter_devices: Vec<String>,
+}
+
+/// Verdict events buffered for each monitor reader before it counts as fallen behind.
+const MONITOR_QUEUE: usize = 4096;
 
 /// This node as the agent registered it.
 #[derive(Debug, Clone)]
@@ -82,6 +99,16 @@ struct State {
 }
 
 impl State {
+    /// The endpoint as the API shows it, with the directions its policy enforces.
+    fn model(&self, record: &EndpointRecord) -> EndpointModel {
+        let mut model = record.model();
+        if let Some(policy) = self.policies.get(&record.id) {
+            model.ingress_enforced = policy.ingress_enforced;
+            model.egress_enforced = policy.egress_enforced;
+        }
+        model
+    }
+
     /// The map endpoint `id` should hold now: its computed policy, or allow-all until the
     /// first computation (as Cilium treats an endpoint no rule selects yet).
     fn policy_map(&self, id: u16) -> PolicyMap {
@@ -99,8 +126,15 @@ pub struct Agent {
     /// Wakes the reconciler after a change it must publish (CiliumEndpoints, ipcache).
     changed: Waker,
     synced: AtomicBool,
-    /// `Disabled`, `Ok: ...` or `Failure: ...`.
-    kvstore: Mutex<String>,
+    kvstore: Mutex<Health>,
+    /// The apiserver's version, once known.
+    kubernetes_version: Mutex<Option<String>>,
+    settings: AgentSettings,
+    metrics: AgentMetrics,
+    controllers: Controllers,
+    events: broadcast::Sender<MonitorMessage>,
+    /// The datapath's lost-event count already reported to monitor readers.
+    events_lost: AtomicU64,
 }
 
 fn datapath_endpoint(record: &EndpointRecord) -> Endpoint {
@@ -161,6 +195,7 @@ impl Agent {
         datapath: Datapath,
         store: StateDir,
         changed: Waker,
+        settings: AgentSettings,
     ) -> Result<Self, AgentError> {
         let mut ipam = HostIpam::new(node.cidrs.clone());
         ipam.allocate(node.router_ip, ROUTER_OWNER)?;
@@ -176,8 +211,38 @@ impl Agent {
             store,
             changed,
             synced: AtomicBool::new(false),
-            kvstore: Mutex::new("Disabled".into()),
+            kvstore: Mutex::new(Health::new(HealthState::Disabled, "no kvstore configured")),
+            kubernetes_version: Mutex::new(None),
+            settings,
+            metrics: AgentMetrics::default(),
+            controllers: Controllers::default(),
+            events: broadcast::channel(MONITOR_QUEUE).0,
+            events_lost: AtomicU64::new(0),
         })
+    }
+
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.metrics
+    }
+
+    pub fn controllers(&self) -> &Controllers {
+        &self.controllers
+    }
+
+    /// Runs `run` as controller `name` (recorded for status and metrics).
+    pub fn controller<T, E: std::fmt::Display>(
+        &self,
+        name: &'static str,
+        run: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.controllers.run(name, &self.metrics, run)
+    }
+
+    pub fn set_kubernetes_version(&self, version: String) {
+        *self
+            .kubernetes_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(version);
     }
 
     pub fn node(&self) -> &LocalNode {
@@ -188,8 +253,8 @@ impl Agent {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn set_kvstore_status(&self, status: String) {
-        *self.kvstore.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    pub fn set_kvstore_health(&self, health: Health) {
+        *self.kvstore.lock().unwrap_or_else(|p| p.into_inner()) = health;
     }
 
     pub fn set_synced(&self) {
@@ -408,10 +473,11 @@ impl Agent {
     }
 
     pub fn endpoint(&self, reference: &EndpointRef) -> Result<EndpointModel, AgentError> {
-        self.lock()
+        let state = self.lock();
+        state
             .endpoints
             .get(reference)
-            .map(EndpointRecord::model)
+            .map(|record| state.model(record))
             .ok_or_else(|| AgentError::NotFound(format!("no endpoint {reference}")))
     }
 
@@ -528,6 +594,20 @@ impl Agent {
 
     pub fn status(&self) -> StatusResponse {
         let ipam = self.ipam_status();
+        let controllers = self.controllers.snapshot();
+        let failing: Vec<&str> = controllers
+            .iter()
+            .filter(|c| !c.is_healthy())
+            .map(|c| c.name.as_str())
+            .collect();
+        let cilium = if failing.is_empty() {
+            Health::new(HealthState::Ok, "")
+        } else {
+            Health::new(
+                HealthState::Warning,
+                format!("failing controllers: {}", failing.join(", ")),
+            )
+        };
         StatusResponse {
             node_name: self.node.name.clone(),
             cluster_name: self.node.cluster_name.clone(),
@@ -537,20 +617,229 @@ impl Agent {
             health_ip: Some(self.node.health_ip),
             endpoints: self.lock().endpoints.len(),
             ipam,
-            kubernetes_synced: self.synced.load(Ordering::Relaxed),
+            kubernetes: self.kubernetes_health(&controllers),
             kvstore: self
                 .kvstore
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            cilium,
+            policy_enforcement: self.settings.enforcement.to_string(),
+            controllers,
+            monitor_events_lost: self.events_lost.load(Ordering::Relaxed),
         }
     }
 
+    /// `Ok <version>` once the caches synced and the writes to the apiserver succeed.
+    fn kubernetes_health(&self, controllers: &[cilium_agent_api::ControllerStatus]) -> Health {
+        if !self.synced.load(Ordering::Relaxed) {
+            return Health::new(HealthState::Warning, "waiting for the caches to sync");
+        }
+        let writer_failing = controllers.iter().find(|c| {
+            !c.is_healthy()
+                && [
+                    controllers::SYNC_ENDPOINTS,
+                    controllers::REPORT_IPAM,
+                    controllers::REPORT_POLICY_STATUS,
+                ]
+                .contains(&c.name.as_str())
+        });
+        match writer_failing {
+            Some(c) => Health::new(
+                HealthState::Warning,
+                format!(
+                    "{}: {}",
+                    c.name,
+                    c.last_error.as_deref().unwrap_or("failing")
+                ),
+            ),
+            None => Health::new(
+                HealthState::Ok,
+                self.kubernetes_version
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+
+    pub fn subscribe_events(&self) -> broadcast::Receiver<MonitorMessage> {
+        self.events.subscribe()
+    }
+
+    /// Hands the datapath's queued verdict events to the monitor's readers (and reports
+    /// events the datapath lost); returns how many events there were.
+    pub fn pump_events(&self) -> Result<usize, AgentError> {
+        let (events, lost) = {
+            let mut state = self.lock();
+            (state.datapath.drain_events(), state.datapath.events_lost()?)
+        };
+        let reported = self.events_lost.swap(lost, Ordering::Relaxed);
+        if lost > reported {
+            // No reader is not an error: the events are simply not wanted now.
+            let _ = self.events.send(MonitorMessage::Lost(lost - reported));
+        }
+        for event in &events {
+            let _ = self
+                .events
+                .send(MonitorMessage::Event(inspect::monitor_event(event)));
+        }
+        Ok(events.len())
+    }
+
+    /// Endpoint `id`'s policy map; `identities` names the peers.
+    pub fn policy_map(
+        &self,
+        id: u16,
+        identities: &BTreeMap<u32, LabelSet>,
+    ) -> Result<PolicyMapModel, AgentError> {
+        let state = self.lock();
+        if state.endpoints.get(&EndpointRef::Id(id)).is_none() {
+            return Err(AgentError::NotFound(format!("no endpoint {id}")));
+        }
+        let entries = state.datapath.policy(id)?;
+        Ok(PolicyMapModel {
+            endpoint_id: id,
+            map_name: policy_map_name(id),
+            max_entries: state.datapath.policy_map_max(),
+            entries: entries
+                .iter()
+                .map(|e| inspect::policy_entry(e, identities))
+                .collect(),
+        })
+    }
+
+    pub fn ipcache_entries(&self) -> Result<Vec<IpcacheEntryModel>, AgentError> {
+        Ok(self
+            .lock()
+            .datapath
+            .ipcache()?
+            .iter()
+            .map(|(prefix, entry)| inspect::ipcache_entry(*prefix, entry))
+            .collect())
+    }
+
+    pub fn bpf_endpoints(&self) -> Result<Vec<BpfEndpointModel>, AgentError> {
+        Ok(self
+            .lock()
+            .datapath
+            .endpoints()?
+            .iter()
+            .map(|(ip, info)| inspect::bpf_endpoint(*ip, info))
+            .collect())
+    }
+
+    pub fn ct_entries(&self) -> Result<Vec<CtEntryModel>, AgentError> {
+        let now = monotonic_ns()?;
+        let mut entries: Vec<CtEntryModel> = self
+            .lock()
+            .datapath
+            .ct_entries()?
+            .iter()
+            .map(|e| inspect::ct_entry(e, now))
+            .collect();
+        entries.sort_by_key(|e| (e.src, e.sport, e.dst, e.dport));
+        Ok(entries)
+    }
+
+    pub fn prefilter(&self) -> Result<PrefilterModel, AgentError> {
+        let state = self.lock();
+        let totals = state.datapath.prefilter_totals()?;
+        Ok(PrefilterModel {
+            devices: self.settings.prefilter_devices.clone(),
+            entries: state
+                .datapath
+                .prefilter()?
+                .into_iter()
+                .map(|e| PrefilterEntryModel {
+                    cidr: e.prefix,
+                    packets: e.packets,
+                    bytes: e.bytes,
+                })
+                .collect(),
+            passed: totals.passed,
+            dropped: totals.dropped,
+        })
+    }
+
+    /// Adds (`deny`) or removes source prefixes the prefilter drops.
+    pub fn change_prefilter(
+        &self,
+        cidrs: &[IpNet],
+        deny: bool,
+    ) -> Result<PrefilterModel, AgentError> {
+        if self.settings.prefilter_devices.is_empty() {
+            return Err(AgentError::BadRequest(
+                "the XDP prefilter is off: start the agent with --enable-xdp-prefilter and --devices".into(),
+            ));
+        }
+        if cidrs.is_empty() {
+            return Err(AgentError::BadRequest("no CIDR given".into()));
+        }
+        {
+            let mut state = self.lock();
+            let mut denied: BTreeSet<IpNet> = state
+                .datapath
+                .prefilter()?
+                .into_iter()
+                .map(|e| e.prefix)
+                .collect();
+            for cidr in cidrs {
+                let cidr = cidr.trunc();
+                if deny {
+                    denied.insert(cidr);
+                } else if !denied.remove(&cidr) {
+                    return Err(AgentError::NotFound(format!(
+                        "{cidr} is not in the prefilter"
+                    )));
+                }
+            }
+            state.datapath.set_prefilter(&denied)?;
+        }
+        tracing::info!(?cidrs, deny, "prefilter changed");
+        self.prefilter()
+    }
+
+    /// The endpoint part of the metrics' state sample, and the datapath's counters.
+    pub fn observe_metrics(&self, mut sample: StateSample) -> Result<(), AgentError> {
+        let counters = {
+            let state = self.lock();
+            for record in state.endpoints.iter() {
+                *sample
+                    .endpoint_states
+                    .entry(record.model().state.to_string())
+                    .or_default() += 1;
+                let enforced = state
+                    .policies
+                    .get(&record.id)
+                    .map_or((false, false), |p| (p.ingress_enforced, p.egress_enforced));
+                let name = match enforced {
+                    (false, false) => "none",
+                    (true, false) => "ingress",
+                    (false, true) => "egress",
+                    (true, true) => "both",
+                };
+                *sample.enforcement.entry(name.into()).or_default() += 1;
+                let entries = state.policies.get(&record.id).map_or(0, |p| p.map.len());
+                sample
+                    .policy_maps
+                    .push((policy_map_name(record.id), entries));
+            }
+            sample.policy_map_max = state.datapath.policy_map_max();
+            state.datapath.all_counters()?
+        };
+        self.metrics.observe_state(&sample);
+        self.metrics.observe_counters(&counters);
+        Ok(())
+    }
+
     pub fn endpoints(&self) -> Vec<EndpointModel> {
-        self.lock()
+        let state = self.lock();
+        state
             .endpoints
             .iter()
-            .map(EndpointRecord::model)
+            .map(|record| state.model(record))
             .collect()
     }
 }

@@ -6,17 +6,47 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cilium_agent_api::{ApiErrorBody, EndpointChangeRequest, EndpointRef, IpamRequest};
+use cilium_agent_api::{
+    ApiErrorBody, EndpointChangeRequest, EndpointRef, IdentityModel, IpamRequest, MonitorFilter,
+    MonitorMessage, NodeModel, PolicyResponse, PrefilterChange, SelectorModel, percent_decode,
+};
+use cilium_kvstore::KvNode;
+use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixListener;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::agent::{Agent, AgentError};
+use crate::inspect;
+use crate::kvstore::Kvstore;
+use crate::metrics::StateSample;
+use crate::policy::PolicyState;
+use crate::sync::Caches;
+
+/// What the API reads besides the agent's own state: the policy engine, the caches of the
+/// cluster's objects and the kvstore session.
+#[derive(Clone)]
+pub struct ApiContext {
+    pub agent: Arc<Agent>,
+    pub policy: Arc<std::sync::Mutex<PolicyState>>,
+    pub caches: Caches,
+    pub kvstore: Option<Arc<Kvstore>>,
+}
+
+impl ApiContext {
+    fn policy(&self) -> std::sync::MutexGuard<'_, PolicyState> {
+        self.policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+type Ctx = State<ApiContext>;
 
 /// An answer: JSON with a status, or an error as `{"error": "..."}`.
 struct Reply(StatusCode, serde_json::Value);
@@ -73,7 +103,7 @@ fn reply(result: Result<Reply, Reply>) -> Reply {
     result.unwrap_or_else(|e| e)
 }
 
-pub fn router(agent: Arc<Agent>) -> Router {
+pub fn router(context: ApiContext) -> Router {
     Router::new()
         .route("/v1/healthz", get(healthz))
         .route("/v1/ipam", post(allocate_ip))
@@ -83,13 +113,31 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/v1/endpoint/{reference}",
             get(get_endpoint).put(put_endpoint).delete(delete_endpoint),
         )
+        .route("/v1/identity", get(list_identities))
+        .route("/v1/identity/{id}", get(get_identity))
+        .route("/v1/cluster/nodes", get(list_nodes))
+        .route("/v1/policy", get(get_policy))
+        .route("/v1/policy/selectors", get(list_selectors))
+        .route("/v1/map/policy/{id}", get(get_policy_map))
+        .route("/v1/map/ipcache", get(list_ipcache))
+        .route("/v1/map/endpoints", get(list_bpf_endpoints))
+        .route("/v1/map/ct", get(list_ct))
+        .route("/v1/kvstore/{key}", get(kvstore_get))
+        .route(
+            "/v1/prefilter",
+            get(get_prefilter)
+                .patch(add_prefilter)
+                .delete(remove_prefilter),
+        )
+        .route("/v1/monitor", get(monitor))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such API path (see /v1/healthz, /v1/endpoint, /v1/ipam)".into(),
+                "no such API path (see /v1/healthz, /v1/endpoint, /v1/identity, /v1/policy, ...)"
+                    .into(),
             )
         })
-        .with_state(agent)
+        .with_state(context)
 }
 
 /// `GET /healthz` on 127.0.0.1:`port` for the kubelet's probes (the socket is not
@@ -108,9 +156,15 @@ pub async fn serve_health(
                 })?,
         ),
     };
-    let app = Router::new()
-        .route("/healthz", get(healthz))
-        .with_state(agent);
+    let app =
+        Router::new()
+            .route(
+                "/healthz",
+                get(|State(agent): State<Arc<Agent>>| async move {
+                    json(StatusCode::OK, &agent.status())
+                }),
+            )
+            .with_state(agent);
     Ok(async move {
         match listener {
             Some(listener) => axum::serve(listener, app).await,
@@ -119,19 +173,19 @@ pub async fn serve_health(
     })
 }
 
-async fn healthz(State(agent): State<Arc<Agent>>) -> Reply {
-    json(StatusCode::OK, &agent.status())
+async fn healthz(State(ctx): Ctx) -> Reply {
+    json(StatusCode::OK, &ctx.agent.status())
 }
 
-async fn allocate_ip(State(agent): State<Arc<Agent>>, bytes: Bytes) -> Reply {
+async fn allocate_ip(State(ctx): Ctx, bytes: Bytes) -> Reply {
     reply((|| {
         let request: IpamRequest = body(&bytes)?;
-        let allocation = agent.allocate_ip(&request.owner)?;
+        let allocation = ctx.agent.allocate_ip(&request.owner)?;
         Ok(json(StatusCode::CREATED, &allocation))
     })())
 }
 
-async fn release_ip(State(agent): State<Arc<Agent>>, UrlPath(ip): UrlPath<String>) -> Reply {
+async fn release_ip(State(ctx): Ctx, UrlPath(ip): UrlPath<String>) -> Reply {
     reply((|| {
         let ip: Ipv4Addr = ip.parse().map_err(|_| {
             error(
@@ -139,36 +193,29 @@ async fn release_ip(State(agent): State<Arc<Agent>>, UrlPath(ip): UrlPath<String
                 format!("{ip:?} is not an IPv4 address"),
             )
         })?;
-        agent.release_ip(ip)?;
+        ctx.agent.release_ip(ip)?;
         Ok(Reply(StatusCode::NO_CONTENT, serde_json::Value::Null))
     })())
 }
 
-async fn list_endpoints(State(agent): State<Arc<Agent>>) -> Reply {
-    json(StatusCode::OK, &agent.endpoints())
+async fn list_endpoints(State(ctx): Ctx) -> Reply {
+    json(StatusCode::OK, &ctx.agent.endpoints())
 }
 
-async fn get_endpoint(
-    State(agent): State<Arc<Agent>>,
-    UrlPath(reference): UrlPath<String>,
-) -> Reply {
+async fn get_endpoint(State(ctx): Ctx, UrlPath(reference): UrlPath<String>) -> Reply {
     reply((|| {
         Ok(json(
             StatusCode::OK,
-            &agent.endpoint(&endpoint_ref(&reference)?)?,
+            &ctx.agent.endpoint(&endpoint_ref(&reference)?)?,
         ))
     })())
 }
 
-async fn put_endpoint(
-    State(agent): State<Arc<Agent>>,
-    UrlPath(reference): UrlPath<String>,
-    bytes: Bytes,
-) -> Reply {
+async fn put_endpoint(State(ctx): Ctx, UrlPath(reference): UrlPath<String>, bytes: Bytes) -> Reply {
     reply((|| {
         let reference = endpoint_ref(&reference)?;
         let request: EndpointChangeRequest = body(&bytes)?;
-        let (model, created) = agent.put_endpoint(&reference, request)?;
+        let (model, created) = ctx.agent.put_endpoint(&reference, request)?;
         let status = if created {
             StatusCode::CREATED
         } else {
@@ -178,12 +225,9 @@ async fn put_endpoint(
     })())
 }
 
-async fn delete_endpoint(
-    State(agent): State<Arc<Agent>>,
-    UrlPath(reference): UrlPath<String>,
-) -> Reply {
+async fn delete_endpoint(State(ctx): Ctx, UrlPath(reference): UrlPath<String>) -> Reply {
     reply((|| {
-        agent.delete_endpoint(&endpoint_ref(&reference)?)?;
+        ctx.agent.delete_endpoint(&endpoint_ref(&reference)?)?;
         Ok(Reply(StatusCode::NO_CONTENT, serde_json::Value::Null))
     })())
 }
@@ -206,6 +250,259 @@ pub fn listen(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, agent: Arc<Agent>) -> std::io::Result<()> {
-    axum::serve(listener, router(agent)).await
+pub async fn serve(listener: UnixListener, context: ApiContext) -> std::io::Result<()> {
+    axum::serve(listener, router(context)).await
+}
+
+/// `GET /metrics` on `addr` (Cilium's `--prometheus-serve-addr`).
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    context: ApiContext,
+) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(context);
+    Ok(async move { axum::serve(listener, app).await })
+}
+
+async fn metrics(State(ctx): Ctx) -> Response {
+    let sample = {
+        let policy = ctx.policy();
+        let mut sample = StateSample {
+            policy_rules: policy.rule_count(),
+            ..StateSample::default()
+        };
+        for id in policy.identities().keys() {
+            let kind = match *id {
+                id if id < 256 => "reserved",
+                id if id >= cilium_policy::cache::LOCAL_IDENTITY_BASE => "node_local",
+                _ => "cluster_local",
+            };
+            *sample.identities.entry(kind.into()).or_default() += 1;
+        }
+        sample
+    };
+    if let Err(e) = ctx.agent.observe_metrics(sample) {
+        tracing::warn!(error = %e, "sampling the datapath for metrics failed");
+    }
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        ctx.agent.metrics().encode(),
+    )
+        .into_response()
+}
+
+async fn list_identities(State(ctx): Ctx) -> Reply {
+    let identities: Vec<IdentityModel> = ctx
+        .policy()
+        .identities()
+        .iter()
+        .map(|(id, labels)| IdentityModel {
+            id: *id,
+            labels: inspect::label_texts(labels),
+        })
+        .collect();
+    json(StatusCode::OK, &identities)
+}
+
+async fn get_identity(State(ctx): Ctx, UrlPath(id): UrlPath<String>) -> Reply {
+    reply((|| {
+        let id: u32 = id.parse().map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("{id:?} is not an identity (a number)"),
+            )
+        })?;
+        let policy = ctx.policy();
+        let labels = policy
+            .identities()
+            .get(&id)
+            .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no identity {id}")))?;
+        Ok(json(
+            StatusCode::OK,
+            &IdentityModel {
+                id,
+                labels: inspect::label_texts(labels),
+            },
+        ))
+    })())
+}
+
+async fn list_nodes(State(ctx): Ctx) -> Reply {
+    let node = ctx.agent.node();
+    let mut nodes: Vec<NodeModel> = ctx
+        .caches
+        .nodes
+        .state()
+        .iter()
+        .map(|cn| {
+            let mut model = inspect::node(&KvNode::from_cilium_node(
+                &node.cluster_name,
+                node.cluster_id,
+                cn,
+            ));
+            if cn.metadata.name.as_deref() == Some(node.name.as_str()) {
+                model.source = cilium_kvstore::node::SOURCE_LOCAL.into();
+            }
+            model
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    json(StatusCode::OK, &nodes)
+}
+
+async fn get_policy(State(ctx): Ctx) -> Reply {
+    let (revision, policy) = ctx.policy().rules_json();
+    json(StatusCode::OK, &PolicyResponse { revision, policy })
+}
+
+async fn list_selectors(State(ctx): Ctx) -> Reply {
+    let selectors: Vec<SelectorModel> = ctx
+        .policy()
+        .selectors()
+        .into_iter()
+        .map(|(selector, identities)| SelectorModel {
+            selector,
+            identities,
+        })
+        .collect();
+    json(StatusCode::OK, &selectors)
+}
+
+async fn get_policy_map(State(ctx): Ctx, UrlPath(id): UrlPath<String>) -> Reply {
+    reply((|| {
+        let EndpointRef::Id(id) = endpoint_ref(&id)? else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "policy maps are addressed by endpoint id".into(),
+            ));
+        };
+        let identities = ctx.policy().identities().clone();
+        Ok(json(
+            StatusCode::OK,
+            &ctx.agent.policy_map(id, &identities)?,
+        ))
+    })())
+}
+
+async fn list_ipcache(State(ctx): Ctx) -> Reply {
+    reply(
+        ctx.agent
+            .ipcache_entries()
+            .map(|e| json(StatusCode::OK, &e))
+            .map_err(Reply::from),
+    )
+}
+
+async fn list_bpf_endpoints(State(ctx): Ctx) -> Reply {
+    reply(
+        ctx.agent
+            .bpf_endpoints()
+            .map(|e| json(StatusCode::OK, &e))
+            .map_err(Reply::from),
+    )
+}
+
+async fn list_ct(State(ctx): Ctx) -> Reply {
+    reply(
+        ctx.agent
+            .ct_entries()
+            .map(|e| json(StatusCode::OK, &e))
+            .map_err(Reply::from),
+    )
+}
+
+async fn kvstore_get(
+    State(ctx): Ctx,
+    UrlPath(key): UrlPath<String>,
+    RawQuery(query): RawQuery,
+) -> Reply {
+    let Some(kvstore) = &ctx.kvstore else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "no kvstore configured (start the agent with --kvstore etcd)".into(),
+        );
+    };
+    let Some(key) = percent_decode(&key) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("key {key:?} is not percent-encoded UTF-8"),
+        );
+    };
+    let recursive = match query.as_deref() {
+        None | Some("") | Some("recursive=false") => false,
+        Some("recursive=true") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown parameter {other:?}"),
+            );
+        }
+    };
+    match kvstore.get(&key, recursive).await {
+        Ok(pairs) if pairs.is_empty() => error(
+            StatusCode::NOT_FOUND,
+            format!("no key {key:?} in the kvstore"),
+        ),
+        Ok(pairs) => json(StatusCode::OK, &pairs),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn get_prefilter(State(ctx): Ctx) -> Reply {
+    reply(
+        ctx.agent
+            .prefilter()
+            .map(|p| json(StatusCode::OK, &p))
+            .map_err(Reply::from),
+    )
+}
+
+async fn change_prefilter(ctx: &ApiContext, bytes: &[u8], deny: bool) -> Reply {
+    reply((|| {
+        let change: PrefilterChange = body(bytes)?;
+        Ok(json(
+            StatusCode::OK,
+            &ctx.agent.change_prefilter(&change.cidr_list, deny)?,
+        ))
+    })())
+}
+
+async fn add_prefilter(State(ctx): Ctx, bytes: Bytes) -> Reply {
+    change_prefilter(&ctx, &bytes, true).await
+}
+
+async fn remove_prefilter(State(ctx): Ctx, bytes: Bytes) -> Reply {
+    change_prefilter(&ctx, &bytes, false).await
+}
+
+/// Streams the datapath's events as newline-delimited [`MonitorMessage`]s until the reader
+/// goes away. A reader that falls behind gets a `lost` message instead of what it missed.
+async fn monitor(State(ctx): Ctx, RawQuery(query): RawQuery) -> Response {
+    let filter = match MonitorFilter::parse_query(query.as_deref().unwrap_or_default()) {
+        Ok(filter) => filter,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let events = BroadcastStream::new(ctx.agent.subscribe_events()).filter_map(move |item| {
+        let message = match item {
+            Ok(MonitorMessage::Event(event)) if !event.matches(&filter) => None,
+            Ok(message) => Some(message),
+            Err(BroadcastStreamRecvError::Lagged(missed)) => Some(MonitorMessage::Lost(missed)),
+        };
+        let line = message
+            .and_then(|m| serde_json::to_vec(&m).ok())
+            .map(|mut line| {
+                line.push(b'\n');
+                Ok::<_, std::convert::Infallible>(Bytes::from(line))
+            });
+        std::future::ready(line)
+    });
+    (
+        [("content-type", "application/x-ndjson")],
+        Body::from_stream(events),
+    )
+        .into_response()
 }

@@ -49,6 +49,8 @@ impl EndpointRecord {
             identity: self.identity,
             labels: self.labels.clone(),
             state: self.state(),
+            ingress_enforced: false,
+            egress_enforced: false,
         }
     }
 

@@ -6,10 +6,13 @@
 pub mod agent;
 pub mod api;
 pub mod cep;
+pub mod controllers;
 pub mod endpoints;
+pub mod inspect;
 pub mod ipam;
 pub mod ipcache;
 pub mod kvstore;
+pub mod metrics;
 pub mod node;
 pub mod policy;
 pub mod routes;

@@ -3,8 +3,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cilium_agent::agent::Agent;
+use cilium_agent::agent::{Agent, AgentSettings};
+use cilium_agent::api::ApiContext;
+use cilium_agent::controllers;
 use cilium_agent::endpoints::StateDir;
+use cilium_agent::kvstore::Kvstore;
 use cilium_agent::node::Registration;
 use cilium_agent::policy::PolicyState;
 use cilium_agent::sync::{Caches, Reconciler};
@@ -58,6 +61,15 @@ struct Args {
     /// Port of `GET /healthz` on 127.0.0.1 (the kubelet's probes); 0 turns it off.
     #[arg(long = "agent-health-port", default_value_t = 9879)]
     health_port: u16,
+    /// Address of `GET /metrics` for Prometheus (e.g. `:9962`); off when unset.
+    #[arg(long = "prometheus-serve-addr", value_parser = parse_listen_addr)]
+    prometheus_addr: Option<std::net::SocketAddr>,
+    /// Attach the XDP prefilter (source CIDRs dropped before the stack) to `--devices`.
+    #[arg(long = "enable-xdp-prefilter", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    xdp_prefilter: bool,
+    /// The node's native devices (the prefilter's).
+    #[arg(long = "devices", value_delimiter = ',')]
+    devices: Vec<String>,
     #[command(flatten)]
     config: ConfigDir,
 }
@@ -68,9 +80,22 @@ async fn main() -> std::process::ExitCode {
     cilium_crds::cli::exit_code("cilium-agent", run(cilium_crds::cli::parse_args()).await)
 }
 
+/// `host:port`, or `:port` for every address (Go's form, as Cilium's flags take it).
+fn parse_listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_owned(),
+    };
+    full.parse()
+        .map_err(|e| format!("{text:?} is not an address like :9962 or 127.0.0.1:9962: {e}"))
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     // Every flag is checked before anything is touched.
     let filter = LabelFilter::new(&args.labels).context("--labels")?;
+    if args.xdp_prefilter && args.devices.is_empty() {
+        anyhow::bail!("--enable-xdp-prefilter needs --devices (the devices to attach it to)");
+    }
     let etcd = args.kvstore.etcd_config().map_err(anyhow::Error::msg)?;
     let datapath_config = DatapathConfig {
         bpffs_root: args.bpf_root.clone(),
@@ -85,6 +110,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .reattach_pinned()
         .context("taking over pinned programs")?;
     tracing::info!(taken, pins = %datapath.pin_dir().display(), "datapath ready");
+    let prefilter_devices = if args.xdp_prefilter {
+        args.devices.clone()
+    } else {
+        Vec::new()
+    };
+    for device in &prefilter_devices {
+        datapath
+            .attach_prefilter(device)
+            .with_context(|| format!("attaching the XDP prefilter to {device}"))?;
+        tracing::info!(%device, "XDP prefilter attached");
+    }
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
 
     let node = Registration {
@@ -97,17 +133,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
 
     let changed = Waker::default();
-    let agent = Arc::new(Agent::new(node, datapath, store, changed.clone())?);
+    let settings = AgentSettings {
+        enforcement: args.enforcement,
+        prefilter_devices,
+    };
+    let agent = Arc::new(Agent::new(
+        node,
+        datapath,
+        store,
+        changed.clone(),
+        settings,
+    )?);
     let restored = agent.restore()?;
     tracing::info!(restored, "endpoints restored");
 
-    if let Some(etcd) = etcd {
-        tokio::spawn(cilium_agent::kvstore::watch_health(etcd, agent.clone()));
+    let kvstore = etcd.map(|config| Arc::new(Kvstore::new(config, agent.clone())));
+    if let Some(kvstore) = &kvstore {
+        tokio::spawn(kvstore.clone().watch_health());
     }
+    tokio::spawn(pump_events(agent.clone()));
     let listener = cilium_agent::api::listen(&args.socket_path)
         .with_context(|| format!("listening on {}", args.socket_path.display()))?;
     tracing::info!(socket = %args.socket_path.display(), "API listening");
     let caches = Caches::start(&client, &args.node_name, &changed);
+    let policy = Arc::new(std::sync::Mutex::new(PolicyState::new(args.enforcement)));
+    let context = ApiContext {
+        agent: agent.clone(),
+        policy: policy.clone(),
+        caches: caches.clone(),
+        kvstore,
+    };
     let reconciler = Reconciler {
         client,
         agent: agent.clone(),
@@ -115,16 +170,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
         changed,
         filter,
         ct_gc_interval: args.ct_gc_interval,
-        policy: std::sync::Mutex::new(PolicyState::new(args.enforcement)),
+        policy,
     };
     let health = cilium_agent::api::serve_health(args.health_port, agent.clone()).await?;
+    let metrics = match args.prometheus_addr {
+        Some(addr) => {
+            let server = cilium_agent::api::serve_metrics(addr, context.clone()).await?;
+            tracing::info!(%addr, "serving /metrics");
+            futures::future::Either::Left(server)
+        }
+        None => futures::future::Either::Right(std::future::pending()),
+    };
     tokio::select! {
-        served = cilium_agent::api::serve(listener, agent) => served.context("API server")?,
+        served = cilium_agent::api::serve(listener, context) => served.context("API server")?,
         served = health => served.context("health server")?,
+        served = metrics => served.context("metrics server")?,
         reconciled = reconciler.run() => reconciled?,
         _ = shutdown_signal() => tracing::info!("shutting down; endpoints stay enforced by the pinned datapath"),
     }
     Ok(())
+}
+
+/// How often the datapath's verdict events are handed to monitor readers.
+const EVENT_PUMP_PERIOD: Duration = Duration::from_millis(200);
+
+/// Drains the datapath's event ring for `cilium monitor` (and so it never fills up).
+async fn pump_events(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(EVENT_PUMP_PERIOD);
+    loop {
+        tick.tick().await;
+        if let Err(e) = agent.controller(controllers::MONITOR, || agent.pump_events()) {
+            tracing::warn!(error = %e, "reading datapath events failed");
+        }
+    }
 }
 
 async fn shutdown_signal() {

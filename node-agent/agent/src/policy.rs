@@ -9,6 +9,7 @@ use cilium_crds::validation::PolicyObject;
 use cilium_crds::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, validate_policy};
 use cilium_identity::LabelSet;
 use cilium_policy::cache::reserved_identities;
+use cilium_policy::render::rule_json;
 use cilium_policy::{
     CidrIdentities, EndpointPolicy, EnforcementMode, PolicyRef, Rule, SelectorCache,
     endpoint_policy, parse_ccnp, parse_cnp,
@@ -69,6 +70,8 @@ pub struct PolicyState {
     cache: SelectorCache,
     cidrs: CidrIdentities,
     mode: EnforcementMode,
+    /// Bumped whenever the rule set changes (`cilium policy get` shows it).
+    revision: u64,
 }
 
 impl PolicyState {
@@ -111,6 +114,7 @@ impl PolicyState {
             // the ones still used are recomputed on first use.
             self.cache.retain(|_| false);
             self.rules = rules;
+            self.revision += 1;
         }
         validities
     }
@@ -131,6 +135,35 @@ impl PolicyState {
 
     pub fn endpoint(&mut self, labels: &LabelSet) -> EndpointPolicy {
         endpoint_policy(&self.rules, labels, &mut self.cache, &self.cidrs, self.mode)
+    }
+
+    /// Every identity the agent knows: reserved, the cluster's and the CIDRs'.
+    pub fn identities(&self) -> &BTreeMap<u32, LabelSet> {
+        self.cache.identities()
+    }
+
+    pub fn mode(&self) -> EnforcementMode {
+        self.mode
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// The rules in Cilium's format, and the revision of the set.
+    pub fn rules_json(&self) -> (u64, Vec<serde_json::Value>) {
+        (self.revision, self.rules.iter().map(rule_json).collect())
+    }
+
+    /// The selector cache: each selector in use and the identities it selects.
+    pub fn selectors(&self) -> Vec<(String, Vec<u32>)> {
+        let mut out: Vec<(String, Vec<u32>)> = self
+            .cache
+            .selections()
+            .map(|(selector, ids)| (selector.to_string(), ids.iter().copied().collect()))
+            .collect();
+        out.sort();
+        out
     }
 
     /// The CIDR prefixes policies name, with their local identities, for the ipcache.

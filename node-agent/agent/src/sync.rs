@@ -25,7 +25,7 @@ use serde_json::json;
 use crate::agent::Agent;
 use crate::endpoints::EndpointRecord;
 use crate::policy::{PolicyState, Validity};
-use crate::{cep, ipcache, routes};
+use crate::{cep, controllers, ipcache, routes};
 use cilium_policy::PolicyRef;
 
 const RESYNC_PERIOD: Duration = Duration::from_secs(10);
@@ -88,12 +88,19 @@ pub struct Reconciler {
     pub changed: Waker,
     pub filter: LabelFilter,
     pub ct_gc_interval: Duration,
-    pub policy: std::sync::Mutex<PolicyState>,
+    pub policy: Arc<std::sync::Mutex<PolicyState>>,
 }
 
 impl Reconciler {
     pub async fn run(self) -> anyhow::Result<()> {
         self.caches.ready().await?;
+        match self.client.apiserver_version().await {
+            Ok(version) => self.agent.set_kubernetes_version(format!(
+                "{}.{} ({}) [{}]",
+                version.major, version.minor, version.git_version, version.platform
+            )),
+            Err(e) => tracing::warn!(error = %e, "reading the apiserver's version failed"),
+        }
         self.agent.set_synced();
         tracing::info!("caches synced");
         let netlink = Netlink::connect()?;
@@ -101,7 +108,10 @@ impl Reconciler {
         loop {
             self.pass(&netlink).await;
             if Instant::now() >= next_gc {
-                match self.agent.ct_gc() {
+                match self
+                    .agent
+                    .controller(controllers::CT_GC, || self.agent.ct_gc())
+                {
                     Ok(removed) => tracing::debug!(removed, "connection tracking GC"),
                     Err(e) => tracing::warn!(error = %e, "connection tracking GC failed"),
                 }
@@ -120,45 +130,79 @@ impl Reconciler {
         let identities = parsed_identities(&self.caches.identities.state());
         self.resolve_identities(&identities);
         let (validities, cidr_entries) = self.compute_policies(&identities);
-        if let Err(e) = self.sync_endpoints().await {
+        if let Err(e) = self
+            .controlled(controllers::SYNC_ENDPOINTS, self.sync_endpoints())
+            .await
+        {
             tracing::warn!(error = %e, "CiliumEndpoint sync failed; retrying");
         }
         let node = self.agent.node();
         let nodes = self.caches.nodes.state();
         let ceps = self.caches.endpoints.state();
-        let synced = self.agent.sync_ipcache(|local| {
-            let mut wanted = ipcache::desired(
-                &node.name,
-                node.ip,
-                nodes.iter().map(Arc::as_ref),
-                ceps.iter().map(Arc::as_ref),
-                local,
-            );
-            // CIDRs of policies, unless an endpoint or node holds that very prefix.
-            for (prefix, identity) in &cidr_entries {
+        let synced = self.agent.controller(controllers::SYNC_IPCACHE, || {
+            self.agent.sync_ipcache(|local| {
+                let mut wanted = ipcache::desired(
+                    &node.name,
+                    node.ip,
+                    nodes.iter().map(Arc::as_ref),
+                    ceps.iter().map(Arc::as_ref),
+                    local,
+                );
+                // CIDRs of policies, unless an endpoint or node holds that very prefix.
+                for (prefix, identity) in &cidr_entries {
+                    wanted
+                        .entry(*prefix)
+                        .or_insert(cilium_datapath::IpcacheEntry {
+                            identity: *identity,
+                            tunnel_endpoint: None,
+                        });
+                }
                 wanted
-                    .entry(*prefix)
-                    .or_insert(cilium_datapath::IpcacheEntry {
-                        identity: *identity,
-                        tunnel_endpoint: None,
-                    });
-            }
-            wanted
+            })
         });
         match synced {
             Ok(0) => {}
             Ok(writes) => tracing::debug!(writes, "ipcache updated"),
             Err(e) => tracing::warn!(error = %e, "ipcache sync failed"),
         }
-        if let Err(e) = self.sync_routes(netlink, &nodes).await {
+        if let Err(e) = self
+            .controlled(controllers::SYNC_ROUTES, self.sync_routes(netlink, &nodes))
+            .await
+        {
             tracing::warn!(error = %e, "route sync failed");
         }
-        if let Err(e) = self.report_ipam(&nodes).await {
+        if let Err(e) = self
+            .controlled(controllers::REPORT_IPAM, self.report_ipam(&nodes))
+            .await
+        {
             tracing::warn!(error = %e, "reporting IPAM use failed");
         }
-        if let Err(e) = self.report_validity(&validities).await {
+        if let Err(e) = self
+            .controlled(
+                controllers::REPORT_POLICY_STATUS,
+                self.report_validity(&validities),
+            )
+            .await
+        {
             tracing::warn!(error = %e, "reporting policy validity failed");
         }
+    }
+
+    /// Awaits `work` as a run of controller `name` (recorded for status and metrics).
+    async fn controlled<T, E: std::fmt::Display>(
+        &self,
+        name: &'static str,
+        work: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let start = Instant::now();
+        let result = work.await;
+        self.agent.controllers().record(
+            name,
+            start.elapsed(),
+            result.as_ref().map(drop).map_err(ToString::to_string),
+            self.agent.metrics(),
+        );
+        result
     }
 
     /// Reads the policies and identities into the engine and sets every endpoint's policy
@@ -174,15 +218,25 @@ impl Reconciler {
             &self.agent.node().cluster_name,
         );
         state.update_identities(identities);
-        for record in self.agent.records() {
-            let Some(labels) = state.labels(record.identity).cloned() else {
-                continue;
-            };
-            let policy = state.endpoint(&labels);
-            if let Err(e) = self.agent.set_policy(record.id, policy) {
-                tracing::warn!(id = record.id, error = %e, "setting the endpoint's policy failed; it drops all traffic until a policy fits");
+        // Failures are logged per endpoint and kept in the controller's status.
+        let _ = self.agent.controller(controllers::POLICY, || {
+            let mut failed = Vec::new();
+            for record in self.agent.records() {
+                let Some(labels) = state.labels(record.identity).cloned() else {
+                    continue;
+                };
+                let policy = state.endpoint(&labels);
+                if let Err(e) = self.agent.set_policy(record.id, policy) {
+                    tracing::warn!(id = record.id, error = %e, "setting the endpoint's policy failed; it drops all traffic until a policy fits");
+                    failed.push(e.to_string());
+                }
             }
-        }
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(failed.join("; "))
+            }
+        });
         (validities, state.cidr_entries())
     }
 

@@ -5,9 +5,11 @@
 //! `container-id:<id>`, which makes creation idempotent for a runtime that retries.
 
 mod client;
+mod inspect;
 mod models;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, MonitorStream, percent_decode};
+pub use inspect::*;
 pub use models::*;
 
 /// Where the agent listens unless told otherwise (Cilium's path).

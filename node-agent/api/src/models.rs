@@ -5,6 +5,8 @@ use std::str::FromStr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::{ControllerStatus, Health};
+
 /// `POST /v1/ipam`: one IPv4 address from the node's PodCIDR for `owner`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpamRequest {
@@ -76,10 +78,15 @@ pub struct EndpointModel {
     /// The identity's labels, `source:key=value`.
     pub labels: Vec<String>,
     pub state: EndpointStateName,
+    /// Whether a policy is enforced on the endpoint's ingress and on its egress.
+    #[serde(default)]
+    pub ingress_enforced: bool,
+    #[serde(default)]
+    pub egress_enforced: bool,
 }
 
 /// `GET /v1/healthz`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct StatusResponse {
     pub node_name: String,
@@ -90,10 +97,17 @@ pub struct StatusResponse {
     pub health_ip: Option<Ipv4Addr>,
     pub ipam: IpamStatus,
     pub endpoints: usize,
-    /// Whether the agent's caches of the cluster's objects are synced.
-    pub kubernetes_synced: bool,
-    /// `Disabled` (no kvstore configured), `Ok: etcd <endpoints>` or `Failure: <why>`.
-    pub kvstore: String,
+    /// The apiserver: its version once the agent's caches are synced.
+    pub kubernetes: Health,
+    /// `Disabled` without a kvstore, else whether etcd answers.
+    pub kvstore: Health,
+    /// The agent as a whole: `Ok` while every controller's last run succeeded.
+    pub cilium: Health,
+    /// `default`, `always` or `never` (`--enable-policy`).
+    pub policy_enforcement: String,
+    pub controllers: Vec<ControllerStatus>,
+    /// Verdict events the datapath could not queue since it was loaded.
+    pub monitor_events_lost: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

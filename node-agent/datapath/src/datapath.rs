@@ -748,6 +748,11 @@ impl Datapath {
         Ok(change)
     }
 
+    /// Entries each endpoint policy map holds at most (`bpf-policy-map-max`).
+    pub fn policy_map_max(&self) -> u32 {
+        self.policy_map_max
+    }
+
     /// The entries of an endpoint's policy map with their packet counters.
     pub fn policy(&self, id: u16) -> Result<Vec<PolicyEntryView>, Error> {
         let trie = self.policy_trie(id)?;
@@ -877,23 +882,33 @@ impl Datapath {
 
     /// Packets and bytes of one endpoint by direction and reason (forwarded or why dropped).
     pub fn counters(&self, id: u16) -> Result<Vec<EndpointCounter>, Error> {
+        Ok(self
+            .all_counters()?
+            .into_iter()
+            .filter(|(endpoint, _)| *endpoint == id)
+            .map(|(_, counter)| counter)
+            .collect())
+    }
+
+    /// Every endpoint's counters, by endpoint id.
+    pub fn all_counters(&self) -> Result<Vec<(u16, EndpointCounter)>, Error> {
         let mut out = Vec::new();
         for item in self.metrics.iter() {
             let (key, values) = item.map_err(Error::map("cilium_metrics"))?;
-            if key.endpoint_id != id {
-                continue;
-            }
             let Some(direction) = Direction::from_abi(key.direction) else {
                 continue;
             };
-            out.push(EndpointCounter {
-                direction,
-                reason: key.reason,
-                packets: values.iter().map(|v| v.packets).sum(),
-                bytes: values.iter().map(|v| v.bytes).sum(),
-            });
+            out.push((
+                key.endpoint_id,
+                EndpointCounter {
+                    direction,
+                    reason: key.reason,
+                    packets: values.iter().map(|v| v.packets).sum(),
+                    bytes: values.iter().map(|v| v.bytes).sum(),
+                },
+            ));
         }
-        out.sort_by_key(|c| (c.direction, c.reason));
+        out.sort_by_key(|(id, c)| (*id, c.direction, c.reason));
         Ok(out)
     }
 
@@ -1008,7 +1023,8 @@ fn prefilter_entry(
     })
 }
 
-fn policy_map_name(id: u16) -> String {
+/// The name of endpoint `id`'s policy map, as Cilium names it.
+pub fn policy_map_name(id: u16) -> String {
     format!("cilium_policy_v2_{id:05}")
 }
 

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 pub use bpffs::DEFAULT_ROOT as DEFAULT_BPFFS_ROOT;
 pub use datapath::{
     CtEntry, CtTimeouts, Datapath, DatapathConfig, Endpoint, EndpointCounter, EndpointProgram,
-    IpcacheEntry, PolicyEntryView, PrefilterEntry, PrefilterTotals,
+    IpcacheEntry, PolicyEntryView, PrefilterEntry, PrefilterTotals, monotonic_ns, policy_map_name,
 };
 pub use events::{EventKind, VerdictEvent, reason_name};
 pub use policy::{Direction, L4Match, PolicyKey, PolicyMap, Verdict};

@@ -85,6 +85,11 @@ impl SelectorCache {
         self.selections.retain(|selector, _| keep(selector));
     }
 
+    /// Every cached selector and the identities it selects.
+    pub fn selections(&self) -> impl Iterator<Item = (&Selector, &BTreeSet<u32>)> {
+        self.selections.iter()
+    }
+
     pub fn selector_count(&self) -> usize {
         self.selections.len()
     }

@@ -41,6 +41,16 @@ impl std::str::FromStr for EnforcementMode {
     }
 }
 
+impl std::fmt::Display for EnforcementMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Default => "default",
+            Self::Always => "always",
+            Self::Never => "never",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointPolicy {
     pub map: PolicyMap,

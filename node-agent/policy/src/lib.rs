@@ -7,9 +7,11 @@
 //! - [`cache`] is the selector cache (selector → identities it selects), updated
 //!   identity by identity, and the local CIDR identities.
 //! - [`compute`] gives one endpoint's policy map from the rules that select it.
+//! - [`render`] shows rules and selectors in Cilium's format, for the CLI.
 
 pub mod cache;
 pub mod compute;
+pub mod render;
 pub mod rules;
 pub mod selector;
 

@@ -93,6 +93,11 @@ impl Selector {
         Self::new(requirements)
     }
 
+    /// The requirements, sorted.
+    pub fn requirements(&self) -> &[Requirement] {
+        &self.0
+    }
+
     pub fn is_all(&self) -> bool {
         self.0.is_empty()
     }
