@@ -81,6 +81,19 @@ pub fn parsed_identities(identities: &[Arc<CiliumIdentity>]) -> Vec<(u32, LabelS
         .collect()
 }
 
+/// The apiserver's version as `cilium status` prints it: `1.20 (v1.20.15) [linux/amd64]`;
+/// a build without a release number (major and minor empty) shows its git version only.
+fn version_text(info: &k8s_openapi::apimachinery::pkg::version::Info) -> String {
+    if info.major.is_empty() && info.minor.is_empty() {
+        format!("{} [{}]", info.git_version, info.platform)
+    } else {
+        format!(
+            "{}.{} ({}) [{}]",
+            info.major, info.minor, info.git_version, info.platform
+        )
+    }
+}
+
 pub struct Reconciler {
     pub client: Client,
     pub agent: Arc<Agent>,
@@ -95,10 +108,7 @@ impl Reconciler {
     pub async fn run(self) -> anyhow::Result<()> {
         self.caches.ready().await?;
         match self.client.apiserver_version().await {
-            Ok(version) => self.agent.set_kubernetes_version(format!(
-                "{}.{} ({}) [{}]",
-                version.major, version.minor, version.git_version, version.platform
-            )),
+            Ok(version) => self.agent.set_kubernetes_version(version_text(&version)),
             Err(e) => tracing::warn!(error = %e, "reading the apiserver's version failed"),
         }
         self.agent.set_synced();
@@ -466,6 +476,25 @@ mod tests {
     use cilium_identity::{Label, NumericIdentity};
 
     use super::*;
+
+    #[test]
+    fn apiserver_versions_print_as_cilium_does() {
+        let mut info = k8s_openapi::apimachinery::pkg::version::Info {
+            major: "1".into(),
+            minor: "20".into(),
+            git_version: "v1.20.15".into(),
+            platform: "linux/amd64".into(),
+            ..Default::default()
+        };
+        assert_eq!(version_text(&info), "1.20 (v1.20.15) [linux/amd64]");
+        info.major.clear();
+        info.minor.clear();
+        info.git_version = "v0.0.0-master+faecb196815e2".into();
+        assert_eq!(
+            version_text(&info),
+            "v0.0.0-master+faecb196815e2 [linux/amd64]"
+        );
+    }
 
     #[test]
     fn identities_parse_and_bad_objects_are_skipped() {
