@@ -1,4 +1,4 @@
-# The cilium-rs image: cilium-operator, cilium-agent and cilium-cni, and the eBPF objects
+# The cilium-rs image: cilium-operator, cilium-agent, cilium-cni and the cilium CLI, and the eBPF objects
 # (compiled by clang in the agent's build and also embedded in the agent binary; the copies
 # under /var/lib/cilium/bpf are for inspection with bpftool/llvm-objdump).
 #   docker build -t ghcr.io/cilium-rs/cilium-rs:0.1.0 .     (or `make image`)
@@ -8,9 +8,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p cilium-operator -p cilium-agent -p cilium-cni \
+RUN cargo build --release --locked -p cilium-operator -p cilium-agent -p cilium-cni -p cilium-cli \
  && mkdir -p /out/bin /out/bpf \
- && cp target/release/cilium-operator target/release/cilium-agent target/release/cilium-cni /out/bin/ \
+ && cp target/release/cilium-operator target/release/cilium-agent target/release/cilium-cni target/release/cilium /out/bin/ \
  && cp "$(dirname "$(ls -t target/release/build/cilium-datapath-*/out/bpf_lxc.o | head -1)")"/*.o /out/bpf/
 
 FROM docker.io/library/debian:bookworm-slim

@@ -23,6 +23,7 @@ unit:
 	$(CARGO) test -p cilium-crds -p cilium-identity -p cilium-kvstore -p cilium-datapath \
 		-p cilium-agent -p cilium-agent-api -p cilium-cni -p cilium-netdev -p cilium-policy --lib
 	$(CARGO) test -p cilium-operator --lib
+	$(CARGO) test -p cilium-cli --bins
 
 ## e2e: the end-to-end tests on the cluster-in-a-box
 e2e: deps

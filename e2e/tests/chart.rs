@@ -167,6 +167,10 @@ fn lint_render_schema_and_apply() {
     assert_eq!(config["cluster-pool-ipv4-cidr"], "10.0.0.0/8");
     assert_eq!(config["enable-policy"], "default");
     assert!(config.get("kvstore").is_none(), "no kvstore by default");
+    assert!(
+        config.get("prometheus-serve-addr").is_none(),
+        "agent metrics off by default"
+    );
 
     // No wildcard anywhere; leases only in the operator's Role.
     for role in defaults
@@ -192,6 +196,14 @@ fn lint_render_schema_and_apply() {
     let config = &find(&mesh, "ConfigMap", "cilium-config").expect("config")["data"];
     assert_eq!(config["cluster-pool-ipv6-cidr"], "fd00:1::/104");
     assert_eq!(config["kvstore"], "etcd");
+    assert_eq!(config["prometheus-serve-addr"], ":9962");
+    let agent = find(&mesh, "DaemonSet", "cilium").expect("agent");
+    let container = &agent["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["ports"][0]["containerPort"], 9962);
+    assert_eq!(
+        agent["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"],
+        "9962"
+    );
     assert_eq!(config["clustermesh-config"], "/var/lib/cilium/clustermesh/");
     let etcd: serde_yaml::Value =
         serde_yaml::from_str(config["etcd-config"].as_str().expect("etcd-config")).expect("yaml");

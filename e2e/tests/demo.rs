@@ -52,6 +52,10 @@ fn the_demo_shows_the_policy_taking_effect() {
         "cilium/state/identities/v1/id/",
         "cilium/state/ip/v1/default/",
         "cilium/state/nodes/v1/default/node-1",
+        "(node-1) $ cilium endpoint list",
+        "LABELS (source:key[=value])",
+        "k8s:app=protected-db",
+        "Controller Status:",
         "KUBECONFIG=",
     ] {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");

@@ -1,8 +1,8 @@
 //! `make demo`: the whole system on cluster-in-a-box. Starts etcd, kube-apiserver, the
 //! operator and two agent nodes; creates the protected-db scenario's pods through the CNI
 //! plugin; prints who reaches the db before and after the policy is applied, the cluster's
-//! Cilium objects and the kvstore's keys; then keeps running until Ctrl-C (`--exit` stops
-//! at once).
+//! Cilium objects, the kvstore's keys and `cilium status` / `cilium endpoint list` of a node;
+//! then keeps running until Ctrl-C (`--exit` stops at once).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -101,7 +101,27 @@ fn run(exit_at_once: bool) -> anyhow::Result<()> {
         .filter(|l| !l.is_empty())
         .for_each(|l| println!("{l}"));
 
+    // The agent's own view, as a user on node-1 sees it with the cilium command.
+    let node = &cluster.nodes[0];
+    let cli = e2e::operator::built_binary("cilium")?;
+    for args in [vec!["status"], vec!["endpoint", "list"]] {
+        println!("\n(node-1) $ cilium {}", args.join(" "));
+        let output = Command::new(&cli)
+            .arg("-H")
+            .arg(node.socket())
+            .args(&args)
+            .output()?;
+        print!("{}", String::from_utf8_lossy(&output.stdout));
+    }
+
     println!("\nKUBECONFIG={}", bed.kubeconfig().display());
+    for node in &cluster.nodes {
+        println!(
+            "{}: cilium -H {} (status, endpoint list, bpf policy get ID, monitor, ...)",
+            node.name,
+            node.socket().display()
+        );
+    }
     for pod in [&db, &stranger, &employee, &istio] {
         println!(
             "pod {}/{} {}: nsenter --net={}",
