@@ -151,8 +151,9 @@ fn every_command_shows_the_real_state() {
         format!("--prometheus-serve-addr=127.0.0.1:{METRICS_PORT}"),
         "--enable-xdp-prefilter".into(),
         "--devices=eth0".into(),
+        "--cluster-health-interval=1s".into(),
     ]);
-    let cluster = Cluster::start_on(bed, setup).expect("cluster-in-a-box with two nodes");
+    let mut cluster = Cluster::start_on(bed, setup).expect("cluster-in-a-box with two nodes");
     let bed = &cluster.bed;
     let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
     let db = n1
@@ -621,6 +622,18 @@ fn every_command_shows_the_real_state() {
     assert!(bad_id.contains("\"abc\" is not an endpoint id"), "{bad_id}");
     let no_identity = fails(n1, &["identity", "get", "99999"]);
     assert!(no_identity.contains("no identity 99999"), "{no_identity}");
+    // Cluster health: node-1 reaches both agents, then not node-2's once it is gone.
+    wait_for("both nodes reachable", SETTLE, || {
+        ok(n1, &["status"])
+            .contains("Cluster health:         2/2 reachable\n")
+            .then_some(())
+    });
+    let verbose = ok(n1, &["status", "--verbose"]);
+    assert!(
+        verbose.contains(&format!("  default/node-2 ({}): reachable (", n2.ip)),
+        "{verbose}"
+    );
+
     let down = Command::new(cilium_binary())
         .args(["-H", "/nonexistent/cilium.sock", "status"])
         .output()
@@ -650,4 +663,20 @@ fn every_command_shows_the_real_state() {
     assert!(denied.contains("permission denied"), "{denied}");
     assert_eq!(denied.lines().count(), 1, "{denied}");
     let _ = std::fs::remove_dir_all(&public);
+
+    cluster.nodes[1].kill_agent();
+    let n1 = &cluster.nodes[0];
+    wait_for("node-2 unreachable", SETTLE, || {
+        let status = json(n1, &["status"]);
+        let health = &status["cluster-health"];
+        (health["reachable"] == 1 && health["total"] == 2).then_some(())
+    });
+    let text = ok(n1, &["status"]);
+    assert!(
+        text.contains(&format!(
+            "  default/node-2 ({}): unreachable: ",
+            cluster.nodes[1].ip
+        )),
+        "{text}"
+    );
 }

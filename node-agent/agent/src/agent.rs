@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use cilium_agent_api::{
-    BpfEndpointModel, CtEntryModel, EndpointChangeRequest, EndpointModel, EndpointRef, Health,
-    HealthState, IpamAllocation, IpamStatus, IpcacheEntryModel, MonitorMessage, PolicyMapModel,
-    PrefilterEntryModel, PrefilterModel, StatusResponse,
+    BpfEndpointModel, ClusterHealth, CtEntryModel, EndpointChangeRequest, EndpointModel,
+    EndpointRef, Health, HealthState, IpamAllocation, IpamStatus, IpcacheEntryModel,
+    MonitorMessage, PolicyMapModel, PrefilterEntryModel, PrefilterModel, StatusResponse,
 };
 use cilium_crds::cache::Waker;
 use cilium_datapath::{Datapath, Endpoint, IpcacheEntry, PolicyMap, monotonic_ns, policy_map_name};
@@ -135,6 +135,7 @@ pub struct Agent {
     events: broadcast::Sender<MonitorMessage>,
     /// The datapath's lost-event count already reported to monitor readers.
     events_lost: AtomicU64,
+    cluster_health: Mutex<Option<ClusterHealth>>,
 }
 
 fn datapath_endpoint(record: &EndpointRecord) -> Endpoint {
@@ -218,7 +219,15 @@ impl Agent {
             controllers: Controllers::default(),
             events: broadcast::channel(MONITOR_QUEUE).0,
             events_lost: AtomicU64::new(0),
+            cluster_health: Mutex::new(None),
         })
+    }
+
+    pub fn set_cluster_health(&self, health: ClusterHealth) {
+        *self
+            .cluster_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(health);
     }
 
     pub fn metrics(&self) -> &AgentMetrics {
@@ -626,6 +635,11 @@ impl Agent {
             cilium,
             policy_enforcement: self.settings.enforcement.to_string(),
             controllers,
+            cluster_health: self
+                .cluster_health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             monitor_events_lost: self.events_lost.load(Ordering::Relaxed),
         }
     }

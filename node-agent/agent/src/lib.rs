@@ -8,6 +8,7 @@ pub mod api;
 pub mod cep;
 pub mod controllers;
 pub mod endpoints;
+pub mod health;
 pub mod inspect;
 pub mod ipam;
 pub mod ipcache;

@@ -67,6 +67,12 @@ struct Args {
     /// Attach the XDP prefilter (source CIDRs dropped before the stack) to `--devices`.
     #[arg(long = "enable-xdp-prefilter", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     xdp_prefilter: bool,
+    /// Port every agent answers health probes on, at its node's address (0: no probing).
+    #[arg(long = "cluster-health-port", default_value_t = 4240)]
+    cluster_health_port: u16,
+    /// How often the other nodes' agents are probed.
+    #[arg(long = "cluster-health-interval", default_value = "60s", value_parser = parse_duration)]
+    cluster_health_interval: Duration,
     /// The node's native devices (the prefilter's).
     #[arg(long = "devices", value_delimiter = ',')]
     devices: Vec<String>,
@@ -173,6 +179,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         policy,
     };
     let health = cilium_agent::api::serve_health(args.health_port, agent.clone()).await?;
+    let cluster_health = match args.cluster_health_port {
+        0 => futures::future::Either::Right(std::future::pending()),
+        port => {
+            let server = cilium_agent::health::serve(agent.node().ip, port).await?;
+            tokio::spawn(cilium_agent::health::probe_nodes(
+                agent.clone(),
+                context.caches.clone(),
+                port,
+                args.cluster_health_interval,
+            ));
+            futures::future::Either::Left(server)
+        }
+    };
     let metrics = match args.prometheus_addr {
         Some(addr) => {
             let server = cilium_agent::api::serve_metrics(addr, context.clone()).await?;
@@ -185,6 +204,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         served = cilium_agent::api::serve(listener, context) => served.context("API server")?,
         served = health => served.context("health server")?,
         served = metrics => served.context("metrics server")?,
+        served = cluster_health => served.context("cluster health server")?,
         reconciled = reconciler.run() => reconciled?,
         _ = shutdown_signal() => tracing::info!("shutting down; endpoints stay enforced by the pinned datapath"),
     }

@@ -69,6 +69,25 @@ impl ControllerStatus {
     }
 }
 
+/// Whether this agent reaches every node's agent (`GET /hello` on the health port).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterHealth {
+    pub reachable: usize,
+    pub total: usize,
+    pub nodes: Vec<NodeHealth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NodeHealth {
+    /// `<cluster>/<node>`.
+    pub name: String,
+    pub ip: IpAddr,
+    pub latency_ms: Option<f64>,
+    /// Why the last probe failed; `None` when it succeeded.
+    pub error: Option<String>,
+}
+
 /// A security identity and its labels (`source:key=value`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityModel {

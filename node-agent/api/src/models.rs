@@ -5,7 +5,7 @@ use std::str::FromStr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::{ControllerStatus, Health};
+use crate::{ClusterHealth, ControllerStatus, Health};
 
 /// `POST /v1/ipam`: one IPv4 address from the node's PodCIDR for `owner`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +106,8 @@ pub struct StatusResponse {
     /// `default`, `always` or `never` (`--enable-policy`).
     pub policy_enforcement: String,
     pub controllers: Vec<ControllerStatus>,
+    /// The last round of node probes; `None` before the first or with probing off.
+    pub cluster_health: Option<ClusterHealth>,
     /// Verdict events the datapath could not queue since it was loaded.
     pub monitor_events_lost: u64,
 }

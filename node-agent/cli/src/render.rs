@@ -322,6 +322,24 @@ pub fn status(status: &StatusResponse, verbose: bool) -> String {
             out.push_str(&format!("  {line}\n"));
         }
     }
+    match &status.cluster_health {
+        Some(health) => {
+            status_line(
+                &mut out,
+                "Cluster health",
+                &format!("{}/{} reachable", health.reachable, health.total),
+            );
+            for node in health.nodes.iter().filter(|n| verbose || n.error.is_some()) {
+                let state = match (&node.error, node.latency_ms) {
+                    (Some(error), _) => format!("unreachable: {error}"),
+                    (None, Some(ms)) => format!("reachable ({ms:.1} ms)"),
+                    (None, None) => "reachable".into(),
+                };
+                out.push_str(&format!("  {} ({}): {state}\n", node.name, node.ip));
+            }
+        }
+        None => status_line(&mut out, "Cluster health", "probing not done yet"),
+    }
     status_line(
         &mut out,
         "Monitor",
@@ -518,6 +536,24 @@ mod tests {
                 controller("sync-routes", 0),
                 controller("report-ipam-usage", 2),
             ],
+            cluster_health: Some(cilium_agent_api::ClusterHealth {
+                reachable: 1,
+                total: 2,
+                nodes: vec![
+                    cilium_agent_api::NodeHealth {
+                        name: "default/node-1".into(),
+                        ip: "192.168.60.11".parse().expect("ip"),
+                        latency_ms: Some(0.25),
+                        error: None,
+                    },
+                    cilium_agent_api::NodeHealth {
+                        name: "default/node-2".into(),
+                        ip: "192.168.60.12".parse().expect("ip"),
+                        latency_ms: None,
+                        error: Some("connection refused".into()),
+                    },
+                ],
+            }),
             monitor_events_lost: 0,
         };
         let text = status(&response, false);
@@ -538,10 +574,26 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("router"), "{text}");
+        assert!(
+            text.contains("Cluster health:         1/2 reachable\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  default/node-2 (192.168.60.12): unreachable: connection refused\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("default/node-1 ("),
+            "only problems unless verbose: {text}"
+        );
         let verbose = status(&response, true);
         assert!(verbose.contains("10.200.0.1 (router)"), "{verbose}");
         assert!(
             verbose.contains("apiserver: connection refused"),
+            "{verbose}"
+        );
+        assert!(
+            verbose.contains("  default/node-1 (192.168.60.11): reachable (0.2 ms)\n"),
             "{verbose}"
         );
     }
