@@ -469,8 +469,12 @@ fn every_command_shows_the_real_state() {
     let text = ok(n1, &["kvstore", "get", &ip_key]);
     assert!(text.starts_with(&format!("{ip_key} => ")), "{text}");
     assert!(text.contains(&format!("\"ID\":{db_id}")), "{text}");
-    let missing = fails(n1, &["kvstore", "get", "cilium/state/no-such-key"]);
-    assert!(missing.contains("no key"), "{missing}");
+    // The key travels as one path segment, `%` and `/` included.
+    let missing = fails(n1, &["kvstore", "get", "cilium/state/no such key 100%"]);
+    assert!(
+        missing.contains("no key \"cilium/state/no such key 100%\""),
+        "{missing}"
+    );
 
     // prefilter: the employee's address dropped at node-1's device, then admitted again.
     let cidr = format!("{}/32", employee.ip);

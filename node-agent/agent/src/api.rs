@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cilium_agent_api::{
     ApiErrorBody, EndpointChangeRequest, EndpointRef, IdentityModel, IpamRequest, MonitorFilter,
-    MonitorMessage, NodeModel, PolicyResponse, PrefilterChange, SelectorModel, percent_decode,
+    MonitorMessage, NodeModel, PolicyResponse, PrefilterChange, SelectorModel,
 };
 use cilium_kvstore::KvNode;
 use futures::StreamExt;
@@ -424,12 +424,6 @@ async fn kvstore_get(
         return error(
             StatusCode::BAD_REQUEST,
             "no kvstore configured (start the agent with --kvstore etcd)".into(),
-        );
-    };
-    let Some(key) = percent_decode(&key) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("key {key:?} is not percent-encoded UTF-8"),
         );
     };
     let recursive = match query.as_deref() {

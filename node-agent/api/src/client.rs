@@ -328,7 +328,7 @@ impl MonitorStream {
     }
 }
 
-/// `key` as one path segment (etcd keys contain `/`).
+/// `key` as one path segment (etcd keys contain `/`); the server's router decodes it.
 fn percent_encode(key: &str) -> String {
     key.bytes()
         .map(|b| match b {
@@ -340,37 +340,17 @@ fn percent_encode(key: &str) -> String {
         .collect()
 }
 
-/// Reverses [`percent_encode`]; `None` for a malformed escape or text that is not UTF-8.
-pub fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn keys_survive_the_path() {
-        for key in ["cilium/state/nodes/v1", "a b%c/ü", ""] {
-            let encoded = percent_encode(key);
-            assert!(!encoded.contains('/'), "{encoded}");
-            assert_eq!(percent_decode(&encoded).as_deref(), Some(key));
-        }
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%4"), None);
+    fn keys_are_one_path_segment() {
+        assert_eq!(
+            percent_encode("cilium/state/nodes/v1"),
+            "cilium%2Fstate%2Fnodes%2Fv1"
+        );
+        assert_eq!(percent_encode("a b%c/ü-_.~"), "a%20b%25c%2F%C3%BC-_.~");
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod client;
 mod inspect;
 mod models;
 
-pub use client::{Client, ClientError, MonitorStream, percent_decode};
+pub use client::{Client, ClientError, MonitorStream};
 pub use inspect::*;
 pub use models::*;
 
