@@ -42,10 +42,6 @@ impl Health {
             msg: msg.into(),
         }
     }
-
-    pub fn is_ok(&self) -> bool {
-        self.state == HealthState::Ok
-    }
 }
 
 /// One of the agent's periodic jobs and how its runs went.
