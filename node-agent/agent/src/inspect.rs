@@ -9,7 +9,7 @@ use cilium_agent_api::{
     PolicyMapEntryModel,
 };
 use cilium_datapath::abi::EndpointInfo;
-use cilium_datapath::policy::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use cilium_datapath::policy::protocol_name;
 use cilium_datapath::{
     CtEntry, Direction, EventKind, IpcacheEntry, L4Match, PolicyEntryView, Verdict, VerdictEvent,
     reason_name,
@@ -17,36 +17,15 @@ use cilium_datapath::{
 use cilium_identity::LabelSet;
 use cilium_kvstore::KvNode;
 
-/// Cilium's name of an IP protocol number.
-pub fn protocol_name(protocol: u8) -> String {
-    match protocol {
-        PROTO_TCP => "TCP".into(),
-        PROTO_UDP => "UDP".into(),
-        PROTO_ICMP => "ICMP".into(),
-        PROTO_ICMPV6 => "ICMPv6".into(),
-        132 => "SCTP".into(),
-        other => other.to_string(),
-    }
-}
-
 /// `6379/TCP`, a range `8000-8007/TCP` for a port prefix, `TCP` or `ANY`.
 pub fn port_protocol(l4: L4Match) -> String {
     match l4 {
         L4Match::Any => "ANY".into(),
         L4Match::Protocol(p) => protocol_name(p),
-        L4Match::Ports {
-            protocol,
-            port,
-            prefix_len,
-        } => {
-            let span = u32::from(u16::MAX) >> u32::from(prefix_len.min(16));
-            let last = u32::from(port) + span;
-            if span == 0 {
-                format!("{port}/{}", protocol_name(protocol))
-            } else {
-                format!("{port}-{last}/{}", protocol_name(protocol))
-            }
-        }
+        L4Match::Ports { protocol, port, .. } => match l4.last_port() {
+            Some(last) if last > port => format!("{port}-{last}/{}", protocol_name(protocol)),
+            _ => format!("{port}/{}", protocol_name(protocol)),
+        },
     }
 }
 
@@ -189,6 +168,7 @@ pub fn node(entry: &KvNode) -> NodeModel {
 #[cfg(test)]
 mod tests {
     use cilium_datapath::PolicyKey;
+    use cilium_datapath::policy::{PROTO_TCP, PROTO_UDP};
     use cilium_identity::Label;
 
     use super::*;

@@ -46,6 +46,19 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
+
+/// Cilium's name of an IP protocol (`TCP`, `UDP`, ...); the number for others.
+pub fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        PROTO_TCP => "TCP".into(),
+        PROTO_UDP => "UDP".into(),
+        PROTO_ICMP => "ICMP".into(),
+        PROTO_ICMPV6 => "ICMPv6".into(),
+        PROTO_SCTP => "SCTP".into(),
+        other => other.to_string(),
+    }
+}
 
 /// The L4 part of a policy key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -95,6 +108,19 @@ impl L4Match {
             start += 1 << bits;
         }
         out
+    }
+
+    /// The last port (or ICMP type) a port match covers; `None` without ports.
+    pub fn last_port(self) -> Option<u16> {
+        match self {
+            L4Match::Any | L4Match::Protocol(_) => None,
+            L4Match::Ports {
+                port, prefix_len, ..
+            } => {
+                let span = u32::from(u16::MAX) >> u32::from(prefix_len.min(16));
+                Some(u16::try_from(u32::from(port) + span).unwrap_or(u16::MAX))
+            }
+        }
     }
 
     fn protocol(self) -> Option<u8> {
@@ -474,6 +500,13 @@ mod tests {
                 prefix_len: 0
             }]
         );
+        let lasts: Vec<Option<u16>> = range.iter().map(|m| m.last_port()).collect();
+        assert_eq!(lasts, vec![Some(8063), Some(8079), Some(8080)]);
+        assert_eq!(
+            L4Match::port_range(PROTO_UDP, 0, u16::MAX)[0].last_port(),
+            Some(u16::MAX)
+        );
+        assert_eq!(L4Match::Protocol(PROTO_TCP).last_port(), None);
     }
 
     #[test]

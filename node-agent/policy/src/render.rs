@@ -5,7 +5,7 @@
 use std::fmt;
 
 use cilium_datapath::L4Match;
-use cilium_datapath::policy::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use cilium_datapath::policy::{PROTO_ICMP, PROTO_ICMPV6, protocol_name};
 use serde_json::{Map, Value, json};
 
 use crate::rules::{Peer, PeerRule, Rule};
@@ -77,15 +77,6 @@ pub fn selector_json(selector: &Selector) -> Value {
     Value::Object(out)
 }
 
-fn protocol_text(protocol: u8) -> String {
-    match protocol {
-        PROTO_TCP => "TCP".into(),
-        PROTO_UDP => "UDP".into(),
-        132 => "SCTP".into(),
-        other => other.to_string(),
-    }
-}
-
 /// The L4 part of a section: `toPorts` and `icmps`.
 fn l4_json(l4: &[L4Match], out: &mut Map<String, Value>) {
     let mut ports = Vec::new();
@@ -94,7 +85,7 @@ fn l4_json(l4: &[L4Match], out: &mut Map<String, Value>) {
         match *m {
             L4Match::Any => {}
             L4Match::Protocol(protocol) => {
-                ports.push(json!({"port": "0", "protocol": protocol_text(protocol)}))
+                ports.push(json!({"port": "0", "protocol": protocol_name(protocol)}))
             }
             L4Match::Ports {
                 protocol: protocol @ (PROTO_ICMP | PROTO_ICMPV6),
@@ -115,7 +106,7 @@ fn l4_json(l4: &[L4Match], out: &mut Map<String, Value>) {
             } => {
                 let last = u32::from(port) + (u32::from(u16::MAX) >> u32::from(prefix_len.min(16)));
                 let mut entry =
-                    json!({"port": port.to_string(), "protocol": protocol_text(protocol)});
+                    json!({"port": port.to_string(), "protocol": protocol_name(protocol)});
                 if last > u32::from(port) {
                     entry["endPort"] = json!(last);
                 }

@@ -10,13 +10,12 @@ use cilium_crds::policy::{
 use cilium_crds::selector::EndpointSelector;
 use cilium_crds::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy};
 use cilium_datapath::L4Match;
-use cilium_datapath::policy::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use cilium_datapath::policy::{PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::selector::Selector;
 
-const PROTO_SCTP: u8 = 132;
 /// The namespace label every pod identity carries.
 pub const NAMESPACE_KEY: &str = "io.kubernetes.pod.namespace";
 /// The cluster label every pod identity carries.
