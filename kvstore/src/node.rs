@@ -166,6 +166,11 @@ impl KvNode {
         Ok(node)
     }
 
+    /// `<cluster>/<node>`, the name Cilium shows a node by.
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.cluster, self.name)
+    }
+
     /// The first address of `kind` (`InternalIP`, `CiliumInternalIP`, ...).
     pub fn address(&self, kind: &str) -> Option<IpAddr> {
         self.ip_addresses

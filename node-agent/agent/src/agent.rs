@@ -99,13 +99,18 @@ struct State {
 }
 
 impl State {
+    /// Whether endpoint `id`'s ingress and egress are enforced (neither before its first
+    /// policy computation).
+    fn enforced(&self, id: u16) -> (bool, bool) {
+        self.policies
+            .get(&id)
+            .map_or((false, false), |p| (p.ingress_enforced, p.egress_enforced))
+    }
+
     /// The endpoint as the API shows it, with the directions its policy enforces.
     fn model(&self, record: &EndpointRecord) -> EndpointModel {
         let mut model = record.model();
-        if let Some(policy) = self.policies.get(&record.id) {
-            model.ingress_enforced = policy.ingress_enforced;
-            model.egress_enforced = policy.egress_enforced;
-        }
+        (model.ingress_enforced, model.egress_enforced) = self.enforced(record.id);
         model
     }
 
@@ -555,10 +560,7 @@ impl Agent {
 
     /// Whether endpoint `id`'s ingress and egress are enforced.
     pub fn enforcement(&self, id: u16) -> (bool, bool) {
-        self.lock()
-            .policies
-            .get(&id)
-            .map_or((false, false), |p| (p.ingress_enforced, p.egress_enforced))
+        self.lock().enforced(id)
     }
 
     /// Makes the datapath's ipcache equal to `wanted(local endpoints)`; returns the number of
@@ -822,13 +824,9 @@ impl Agent {
             for record in state.endpoints.iter() {
                 *sample
                     .endpoint_states
-                    .entry(record.model().state.to_string())
+                    .entry(record.state().to_string())
                     .or_default() += 1;
-                let enforced = state
-                    .policies
-                    .get(&record.id)
-                    .map_or((false, false), |p| (p.ingress_enforced, p.egress_enforced));
-                let name = match enforced {
+                let name = match state.enforced(record.id) {
                     (false, false) => "none",
                     (true, false) => "ingress",
                     (false, true) => "egress",

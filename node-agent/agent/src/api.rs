@@ -103,6 +103,14 @@ fn reply(result: Result<Reply, Reply>) -> Reply {
     result.unwrap_or_else(|e| e)
 }
 
+/// 200 with `result`'s value, or the agent's error.
+fn ok_or_error<T: Serialize>(result: Result<T, AgentError>) -> Reply {
+    match result {
+        Ok(value) => json(StatusCode::OK, &value),
+        Err(e) => e.into(),
+    }
+}
+
 pub fn router(context: ApiContext) -> Router {
     Router::new()
         .route("/v1/healthz", get(healthz))
@@ -277,7 +285,7 @@ async fn metrics(State(ctx): Ctx) -> Response {
         };
         for id in policy.identities().keys() {
             let kind = match *id {
-                id if id < 256 => "reserved",
+                id if cilium_identity::NumericIdentity(id).is_reserved_range() => "reserved",
                 id if id >= cilium_policy::cache::LOCAL_IDENTITY_BASE => "node_local",
                 _ => "cluster_local",
             };
@@ -389,30 +397,15 @@ async fn get_policy_map(State(ctx): Ctx, UrlPath(id): UrlPath<String>) -> Reply 
 }
 
 async fn list_ipcache(State(ctx): Ctx) -> Reply {
-    reply(
-        ctx.agent
-            .ipcache_entries()
-            .map(|e| json(StatusCode::OK, &e))
-            .map_err(Reply::from),
-    )
+    ok_or_error(ctx.agent.ipcache_entries())
 }
 
 async fn list_bpf_endpoints(State(ctx): Ctx) -> Reply {
-    reply(
-        ctx.agent
-            .bpf_endpoints()
-            .map(|e| json(StatusCode::OK, &e))
-            .map_err(Reply::from),
-    )
+    ok_or_error(ctx.agent.bpf_endpoints())
 }
 
 async fn list_ct(State(ctx): Ctx) -> Reply {
-    reply(
-        ctx.agent
-            .ct_entries()
-            .map(|e| json(StatusCode::OK, &e))
-            .map_err(Reply::from),
-    )
+    ok_or_error(ctx.agent.ct_entries())
 }
 
 async fn kvstore_get(
@@ -447,12 +440,7 @@ async fn kvstore_get(
 }
 
 async fn get_prefilter(State(ctx): Ctx) -> Reply {
-    reply(
-        ctx.agent
-            .prefilter()
-            .map(|p| json(StatusCode::OK, &p))
-            .map_err(Reply::from),
-    )
+    ok_or_error(ctx.agent.prefilter())
 }
 
 async fn change_prefilter(ctx: &ApiContext, bytes: &[u8], deny: bool) -> Reply {

@@ -84,7 +84,7 @@ pub async fn probe_nodes(agent: Arc<Agent>, caches: Caches, port: u16, interval:
             .filter_map(|cn| {
                 let entry = KvNode::from_cilium_node(&node.cluster_name, node.cluster_id, cn);
                 let ip = entry.address("InternalIP")?;
-                Some((format!("{}/{}", entry.cluster, entry.name), ip))
+                Some((entry.full_name(), ip))
             })
             .collect();
         let probes = targets.into_iter().map(|(name, ip)| async move {

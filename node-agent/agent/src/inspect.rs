@@ -153,7 +153,7 @@ pub fn node(entry: &KvNode) -> NodeModel {
             .find(|ip| ip.is_ipv4() == v4)
     };
     NodeModel {
-        name: format!("{}/{}", entry.cluster, entry.name),
+        name: entry.full_name(),
         cluster: entry.cluster.clone(),
         cluster_id: entry.cluster_id,
         ipv4: address(true),
