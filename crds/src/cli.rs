@@ -158,6 +158,15 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
 
 /// Logs to stderr at `RUST_LOG` (default `info`), coloured only on a terminal: logs that
 /// go to files and journald stay plain text.
+/// `task`'s outcome when there is a task, else never: lets a binary `select!` over servers
+/// and loops that a flag may turn off.
+pub async fn run_if_some<F: std::future::IntoFuture>(task: Option<F>) -> F::Output {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -182,6 +191,14 @@ pub fn exit_code(program: &str, outcome: anyhow::Result<()>) -> std::process::Ex
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_absent_task_never_ends() {
+        assert_eq!(run_if_some(Some(async { 5 })).await, 5);
+        let absent = run_if_some(None::<std::future::Ready<u8>>);
+        let waited = tokio::time::timeout(Duration::from_millis(50), absent).await;
+        assert!(waited.is_err(), "an absent task ended");
+    }
 
     #[derive(clap::Parser, Debug)]
     struct Flags {

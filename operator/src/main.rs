@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cilium_crds::cli::{ConfigDir, parse_duration};
+use cilium_crds::cli::{ConfigDir, parse_duration, run_if_some};
 use cilium_identity::LabelFilter;
 use cilium_kvstore::flags::KvstoreFlags;
 use cilium_operator::FIELD_MANAGER;
@@ -182,12 +182,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(addr) => Some(serve(addr, metrics.clone()).await?),
         None => None,
     };
-    let prometheus = async move {
-        match prometheus {
-            Some(task) => task.await,
-            None => std::future::pending().await,
-        }
-    };
+    let prometheus = run_if_some(prometheus);
     let (leading_tx, leading) = tokio::sync::watch::channel(false);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &args.namespace);
     let wakers = Wakers::default();
@@ -217,13 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let mirror = mirror_config
         .map(|config| Mirror::new(&caches, wakers.mirror.clone(), config, metrics.clone()));
-    let mirror_leading = leading.clone();
-    let mirror_task = async move {
-        match mirror {
-            Some(mirror) => mirror.run(mirror_leading).await,
-            None => std::future::pending().await,
-        }
-    };
+    let mirror_task = run_if_some(mirror.map(|mirror| mirror.run(leading.clone())));
     let identities_task = identities.run(leading.clone());
     let mut leader_metric = leading.clone();
     let metrics_task = async move {

@@ -173,12 +173,9 @@ pub async fn serve_health(
                 }),
             )
             .with_state(agent);
-    Ok(async move {
-        match listener {
-            Some(listener) => axum::serve(listener, app).await,
-            None => std::future::pending().await,
-        }
-    })
+    Ok(cilium_crds::cli::run_if_some(
+        listener.map(|listener| axum::serve(listener, app)),
+    ))
 }
 
 async fn healthz(State(ctx): Ctx) -> Reply {

@@ -12,7 +12,7 @@ use cilium_agent::node::Registration;
 use cilium_agent::policy::PolicyState;
 use cilium_agent::sync::{Caches, Reconciler};
 use cilium_crds::cache::Waker;
-use cilium_crds::cli::{ConfigDir, parse_duration};
+use cilium_crds::cli::{ConfigDir, parse_duration, run_if_some};
 use cilium_datapath::{Datapath, DatapathConfig};
 use cilium_identity::LabelFilter;
 use cilium_kvstore::flags::KvstoreFlags;
@@ -180,7 +180,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let health = cilium_agent::api::serve_health(args.health_port, agent.clone()).await?;
     let cluster_health = match args.cluster_health_port {
-        0 => futures::future::Either::Right(std::future::pending()),
+        0 => None,
         port => {
             let server = cilium_agent::health::serve(agent.node().ip, port).await?;
             tokio::spawn(cilium_agent::health::probe_nodes(
@@ -189,22 +189,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 port,
                 args.cluster_health_interval,
             ));
-            futures::future::Either::Left(server)
+            Some(server)
         }
     };
     let metrics = match args.prometheus_addr {
         Some(addr) => {
             let server = cilium_agent::api::serve_metrics(addr, context.clone()).await?;
             tracing::info!(%addr, "serving /metrics");
-            futures::future::Either::Left(server)
+            Some(server)
         }
-        None => futures::future::Either::Right(std::future::pending()),
+        None => None,
     };
     tokio::select! {
         served = cilium_agent::api::serve(listener, context) => served.context("API server")?,
         served = health => served.context("health server")?,
-        served = metrics => served.context("metrics server")?,
-        served = cluster_health => served.context("cluster health server")?,
+        served = run_if_some(metrics) => served.context("metrics server")?,
+        served = run_if_some(cluster_health) => served.context("cluster health server")?,
         reconciled = reconciler.run() => reconciled?,
         _ = shutdown_signal() => tracing::info!("shutting down; endpoints stay enforced by the pinned datapath"),
     }
