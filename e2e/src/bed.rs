@@ -146,6 +146,22 @@ impl ClusterBed {
         }
     }
 
+    /// One object as JSON: `kubectl get <kind> <name> [-n namespace] -o json`.
+    pub fn get(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<serde_json::Value, Error> {
+        let mut args = vec!["get", kind, name, "-o", "json"];
+        if let Some(namespace) = namespace {
+            args.extend(["-n", namespace]);
+        }
+        let out = self.kubectl_run(&args, None)?;
+        serde_json::from_str(&out)
+            .map_err(|e| Error::Setup(format!("kubectl get {kind} {name}: {e}")))
+    }
+
     /// A kubeconfig file for service account `namespace/name`, with a token from the
     /// TokenRequest API (as the kubelet mounts one into the account's pods).
     pub fn service_account_kubeconfig(

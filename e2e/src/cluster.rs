@@ -492,12 +492,7 @@ impl Cluster {
         namespace: Option<&str>,
         name: &str,
     ) -> Option<serde_json::Value> {
-        let mut args = vec!["get", kind, name, "-o", "json"];
-        if let Some(ns) = namespace {
-            args.extend(["-n", ns]);
-        }
-        let object: serde_json::Value =
-            serde_json::from_str(&self.bed.kubectl_run(&args, None).ok()?).ok()?;
+        let object = self.bed.get(kind, namespace, name).ok()?;
         object["status"]["conditions"]
             .as_array()?
             .iter()
@@ -533,19 +528,25 @@ impl Cluster {
             ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
         }
         for node in &self.nodes {
-            let cidr = self.bed.kubectl_run(
-                &[
-                    "get",
-                    "cn",
-                    &node.name,
-                    "-o",
-                    "jsonpath={.spec.ipam.podCIDRs[0]}",
-                ],
-                None,
-            )?;
-            ns.ip(&["route", "add", cidr.trim(), "via", &node.ip.to_string()])?;
+            let cidr = self.pod_cidr(node)?;
+            ns.ip(&["route", "add", &cidr, "via", &node.ip.to_string()])?;
         }
         Ok(ns)
+    }
+
+    /// The first PodCIDR the operator gave `node`, as its CiliumNode says.
+    pub fn pod_cidr(&self, node: &AgentNode) -> Result<String, Error> {
+        let cidr = self.bed.kubectl_run(
+            &[
+                "get",
+                "cn",
+                &node.name,
+                "-o",
+                "jsonpath={.spec.ipam.podCIDRs[0]}",
+            ],
+            None,
+        )?;
+        Ok(cidr.trim().to_owned())
     }
 }
 

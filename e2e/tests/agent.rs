@@ -62,14 +62,10 @@ fn ceps(cluster: &Cluster) -> BTreeMap<String, Value> {
 }
 
 fn node_cidr(cluster: &Cluster, node: &AgentNode) -> Ipv4Net {
-    let cn = cluster
-        .bed
-        .kubectl_run(&["get", "cn", &node.name, "-o", "json"], None)
-        .expect("kubectl get cn");
-    let cn: Value = serde_json::from_str(&cn).expect("JSON");
-    cn["spec"]["ipam"]["podCIDRs"][0]
-        .as_str()
-        .and_then(|c| c.parse().ok())
+    cluster
+        .pod_cidr(node)
+        .expect("kubectl get cn")
+        .parse()
         .expect("a PodCIDR")
 }
 

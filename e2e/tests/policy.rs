@@ -9,7 +9,6 @@ use std::time::Duration;
 use e2e::cluster::{Cluster, CniPod, app_labels};
 use e2e::traffic::{reaches, serve_echo};
 use e2e::wait_for;
-use serde_json::Value;
 
 const REDIS: u16 = 6379;
 const WEB: u16 = 8080;
@@ -96,9 +95,8 @@ fn the_protected_db_scenario_and_every_rule_kind() {
     });
     assert_eq!(valid["status"], "True", "{valid}");
     let cep = bed
-        .kubectl_run(&["get", "cep", "protected-db", "-o", "json"], None)
+        .get("cep", Some("default"), "protected-db")
         .expect("cep");
-    let cep: Value = serde_json::from_str(&cep).expect("JSON");
     assert_eq!(cep["status"]["policy"]["ingress"]["enforcing"], true);
     assert_eq!(cep["status"]["policy"]["egress"]["enforcing"], false);
     assert!(
