@@ -26,6 +26,10 @@ pub fn node_key(cluster: &str, node: &str) -> String {
     format!("{NODES_PREFIX}/{cluster}/{node}")
 }
 
+pub fn service_key(cluster: &str, namespace: &str, name: &str) -> String {
+    format!("{SERVICES_PREFIX}/{cluster}/{namespace}/{name}")
+}
+
 pub fn ip_key(cluster: &str, ip: &str) -> String {
     format!("{IP_PREFIX}/{cluster}/{ip}")
 }
@@ -98,5 +102,9 @@ mod tests {
             "cilium/synced/c1/cilium/state/nodes/v1"
         );
         assert_eq!(cluster_config_key("c1"), "cilium/cluster-config/c1");
+        assert_eq!(
+            service_key("c1", "default", "db"),
+            "cilium/state/services/v1/c1/default/db"
+        );
     }
 }

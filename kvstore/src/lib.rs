@@ -8,6 +8,7 @@ pub mod flags;
 pub mod ip;
 pub mod keys;
 pub mod node;
+pub mod service;
 pub mod sync;
 
 pub use cluster_config::ClusterConfig;
@@ -16,6 +17,7 @@ pub use etcd::{EtcdConfig, EtcdError};
 pub use etcd_client;
 pub use ip::IpIdentityPair;
 pub use node::{AllocCidr, KvNode, NodeAddress};
+pub use service::ClusterService;
 
 /// A value read from etcd that is not what its key promises.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
-//! The etcd kvstore mirror, run by the leader: CiliumNodes, CiliumIdentities and
-//! CiliumEndpoints written in Cilium's layout (see [`cilium_kvstore::keys`]), every key
+//! The etcd kvstore mirror, run by the leader: CiliumNodes, CiliumIdentities,
+//! CiliumEndpoints and global Services written in Cilium's layout (see [`cilium_kvstore::keys`]), every key
 //! under one lease of ours, plus `cilium/cluster-config/<cluster>`, the
 //! `cilium/synced/<cluster>/<prefix>` canaries after the first full write, and
 //! `cilium/.heartbeat` every minute.
@@ -16,9 +16,14 @@ use std::time::Duration;
 
 use cilium_crds::{CiliumEndpoint, CiliumIdentity, CiliumNode};
 use cilium_identity::{ClusterScope, NumericIdentity};
-use cilium_kvstore::keys::{self, IDENTITIES_PREFIX, IP_PREFIX, NODES_PREFIX};
+use cilium_kvstore::keys::{self, IDENTITIES_PREFIX, IP_PREFIX, NODES_PREFIX, SERVICES_PREFIX};
+use cilium_kvstore::service::{self, SERVICE_NAME_LABEL};
 use cilium_kvstore::sync::{LeasedClient, plan, rewrite};
-use cilium_kvstore::{ClusterConfig, DecodeError, EtcdConfig, EtcdError, IpIdentityPair, KvNode};
+use cilium_kvstore::{
+    ClusterConfig, ClusterService, DecodeError, EtcdConfig, EtcdError, IpIdentityPair, KvNode,
+};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use tokio::sync::watch;
 
@@ -90,13 +95,20 @@ impl Mirror {
     }
 
     fn desired(&self) -> BTreeMap<String, String> {
-        desired_state(
+        let mut state = desired_state(
             &self.config.cluster_name,
             self.config.cluster_id,
             &self.caches.cilium_nodes.state(),
             &self.caches.identities.state(),
             &self.caches.endpoints.state(),
-        )
+        );
+        state.extend(global_services(
+            &self.config.cluster_name,
+            self.config.cluster_id,
+            &self.caches.services.state(),
+            &self.caches.endpoint_slices.state(),
+        ));
+        state
     }
 
     #[tracing::instrument(skip_all)]
@@ -120,7 +132,7 @@ impl Mirror {
             "kvstore in sync"
         );
         let now = jiff::Timestamp::now().to_string();
-        for prefix in [NODES_PREFIX, IDENTITIES_PREFIX, IP_PREFIX] {
+        for prefix in [NODES_PREFIX, IDENTITIES_PREFIX, IP_PREFIX, SERVICES_PREFIX] {
             store.put(&keys::synced_key(cluster, prefix), &now).await?;
         }
         let mut written = desired;
@@ -176,6 +188,12 @@ impl Mirror {
             }
             owned.insert(key, String::from_utf8_lossy(&value).into_owned());
         }
+        for (key, value) in store.list(&format!("{SERVICES_PREFIX}/{cluster}/")).await? {
+            if let Err(e) = ClusterService::decode(&key, &value) {
+                report(e);
+            }
+            owned.insert(key, String::from_utf8_lossy(&value).into_owned());
+        }
         for (key, value) in store.list(&format!("{IDENTITIES_PREFIX}/")).await? {
             let text = String::from_utf8_lossy(&value).into_owned();
             let id = if let Some(id) = keys::parse_identity_id_key(&key) {
@@ -213,6 +231,34 @@ impl Mirror {
         }
         Ok(owned)
     }
+}
+
+/// `cilium/state/services/v1/<cluster>/<ns>/<name>` of every global service, with the
+/// backends of the EndpointSlices labelled with its name.
+pub fn global_services(
+    cluster: &str,
+    cluster_id: u8,
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+) -> BTreeMap<String, String> {
+    let mut state = BTreeMap::new();
+    for svc in services.iter().filter(|s| service::is_global(s)) {
+        let (namespace, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
+        let own: Vec<&EndpointSlice> = slices
+            .iter()
+            .filter(|slice| {
+                slice.namespace().as_deref() == Some(namespace.as_str())
+                    && slice.labels().get(SERVICE_NAME_LABEL) == Some(&name)
+            })
+            .map(Arc::as_ref)
+            .collect();
+        let published = ClusterService::from_k8s(cluster, cluster_id, svc, &own);
+        state.insert(
+            keys::service_key(cluster, &namespace, &name),
+            published.encode(),
+        );
+    }
+    state
 }
 
 /// Every key this cluster's mirror writes, with its value: the pure heart of the mirror.
@@ -405,6 +451,52 @@ mod tests {
             Some(r#"{"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}"#)
         );
         assert_eq!(state.len(), 5, "{state:#?}");
+    }
+
+    #[test]
+    fn only_global_services_are_published_with_their_own_slices() {
+        let service = |name: &str, global: bool| {
+            let annotations =
+                global.then(|| serde_json::json!({"io.cilium/global-service": "true"}));
+            Arc::new(
+                serde_json::from_value::<Service>(serde_json::json!({
+                    "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+                    "spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 6379}]},
+                }))
+                .expect("service"),
+            )
+        };
+        let slice = |service: &str, namespace: &str, ip: &str| {
+            Arc::new(
+                serde_json::from_value::<EndpointSlice>(serde_json::json!({
+                    "metadata": {"name": format!("{service}-{ip}"), "namespace": namespace,
+                                 "labels": {"kubernetes.io/service-name": service}},
+                    "addressType": "IPv4",
+                    "ports": [{"port": 6379, "protocol": "TCP"}],
+                    "endpoints": [{"addresses": [ip]}],
+                }))
+                .expect("slice"),
+            )
+        };
+        let services = [service("db", true), service("local-only", false)];
+        let slices = [
+            slice("db", "default", "10.210.0.5"),
+            slice("db", "other", "10.210.0.6"),
+            slice("local-only", "default", "10.210.0.7"),
+        ];
+        let state = global_services("cluster1", 101, &services, &slices);
+        assert_eq!(
+            state.keys().collect::<Vec<_>>(),
+            ["cilium/state/services/v1/cluster1/default/db"]
+        );
+        let published = ClusterService::decode("k", state.values().next().expect("one").as_bytes())
+            .expect("decodes");
+        assert_eq!(
+            published.backends.keys().collect::<Vec<_>>(),
+            ["10.210.0.5"],
+            "the slice of another namespace is not this service's"
+        );
+        assert_eq!(published.cluster_id, 101);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 pub use cilium_crds::cache::Waker;
 use cilium_crds::cache::reflect;
 use cilium_crds::{CiliumEndpoint, CiliumIdentity, CiliumNode};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -25,6 +26,9 @@ pub struct Caches {
     pub namespaces: Store<Namespace>,
     pub identities: Store<CiliumIdentity>,
     pub endpoints: Store<CiliumEndpoint>,
+    /// Global services and their backends, for the kvstore mirror.
+    pub services: Store<Service>,
+    pub endpoint_slices: Store<EndpointSlice>,
 }
 
 impl Caches {
@@ -65,6 +69,16 @@ impl Caches {
                 watcher::Config::default(),
                 vec![identities.clone(), mirror.clone()],
             ),
+            services: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                vec![mirror.clone()],
+            ),
+            endpoint_slices: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                vec![mirror.clone()],
+            ),
         }
     }
 
@@ -75,6 +89,8 @@ impl Caches {
         self.pods.wait_until_ready().await?;
         self.namespaces.wait_until_ready().await?;
         self.identities.wait_until_ready().await?;
+        self.services.wait_until_ready().await?;
+        self.endpoint_slices.wait_until_ready().await?;
         self.endpoints.wait_until_ready().await
     }
 }

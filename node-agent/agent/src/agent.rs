@@ -643,6 +643,8 @@ impl Agent {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
             monitor_events_lost: self.events_lost.load(Ordering::Relaxed),
+            // The API adds the mesh's, which the agent does not hold.
+            cluster_mesh: None,
         }
     }
 

@@ -24,11 +24,12 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::agent::{Agent, AgentError};
-use crate::inspect;
+use crate::clustermesh::ClusterMesh;
 use crate::kvstore::Kvstore;
 use crate::metrics::StateSample;
 use crate::policy::PolicyState;
 use crate::sync::Caches;
+use crate::{inspect, services};
 
 /// What the API reads besides the agent's own state: the policy engine, the caches of the
 /// cluster's objects and the kvstore session.
@@ -38,11 +39,27 @@ pub struct ApiContext {
     pub policy: Arc<std::sync::Mutex<PolicyState>>,
     pub caches: Caches,
     pub kvstore: Option<Arc<Kvstore>>,
+    /// The remote clusters, with `--clustermesh-config`.
+    pub mesh: Option<Arc<ClusterMesh>>,
 }
 
 impl ApiContext {
     fn policy(&self) -> std::sync::MutexGuard<'_, PolicyState> {
         self.policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The agent's status with the mesh's.
+    fn status(&self) -> cilium_agent_api::StatusResponse {
+        let mut status = self.agent.status();
+        status.cluster_mesh = self
+            .mesh
+            .as_ref()
+            .map(|mesh| mesh.status(&services::local_global(&self.caches.services.state())));
+        status
+    }
+
+    fn remote_caches(&self) -> Vec<Arc<crate::clustermesh::RemoteCache>> {
+        self.mesh.as_ref().map(|m| m.caches()).unwrap_or_default()
     }
 }
 
@@ -124,6 +141,7 @@ pub fn router(context: ApiContext) -> Router {
         .route("/v1/identity", get(list_identities))
         .route("/v1/identity/{id}", get(get_identity))
         .route("/v1/cluster/nodes", get(list_nodes))
+        .route("/v1/service", get(list_services))
         .route("/v1/policy", get(get_policy))
         .route("/v1/policy/selectors", get(list_selectors))
         .route("/v1/map/policy/{id}", get(get_policy_map))
@@ -179,7 +197,19 @@ pub async fn serve_health(
 }
 
 async fn healthz(State(ctx): Ctx) -> Reply {
-    json(StatusCode::OK, &ctx.agent.status())
+    json(StatusCode::OK, &ctx.status())
+}
+
+async fn list_services(State(ctx): Ctx) -> Reply {
+    let node = ctx.agent.node();
+    let list = services::service_list(
+        &node.cluster_name,
+        node.cluster_id,
+        &ctx.caches.services.state(),
+        &ctx.caches.endpoint_slices.state(),
+        &ctx.remote_caches(),
+    );
+    json(StatusCode::OK, &list)
 }
 
 async fn allocate_ip(State(ctx): Ctx, bytes: Bytes) -> Reply {
@@ -355,6 +385,9 @@ async fn list_nodes(State(ctx): Ctx) -> Reply {
             model
         })
         .collect();
+    for cluster in ctx.remote_caches() {
+        nodes.extend(cluster.nodes.values().map(inspect::node));
+    }
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     json(StatusCode::OK, &nodes)
 }

@@ -1,6 +1,8 @@
 //! The ipcache the datapath should hold: every endpoint IP of the cluster with its identity
 //! and node, every node IP as `host` (this node) or `remote-node`, health IPs as `health`,
-//! and `world` for everything else.
+//! the endpoints and nodes of the mesh's remote clusters, and `world` for everything else.
+//! This cluster's entries win over a remote cluster's, and a remote cluster gets no entry
+//! inside this cluster's PodCIDRs.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -10,7 +12,9 @@ use cilium_datapath::IpcacheEntry;
 use cilium_identity::ReservedIdentity;
 use ipnet::IpNet;
 
+use crate::clustermesh::RemoteCache;
 use crate::endpoints::EndpointRecord;
+use crate::routes::{overlaps, pod_cidrs};
 
 fn entry(identity: u32, node: Option<IpAddr>) -> IpcacheEntry {
     IpcacheEntry {
@@ -31,9 +35,10 @@ fn reserved(identity: ReservedIdentity) -> IpcacheEntry {
 pub fn desired<'a>(
     local_node: &str,
     local_node_ip: IpAddr,
-    nodes: impl IntoIterator<Item = &'a CiliumNode>,
+    nodes: &[&'a CiliumNode],
     endpoints: impl IntoIterator<Item = &'a CiliumEndpoint>,
     local: impl IntoIterator<Item = &'a EndpointRecord>,
+    remote: &[&RemoteCache],
 ) -> BTreeMap<IpNet, IpcacheEntry> {
     let mut wanted = BTreeMap::new();
     for world in ["0.0.0.0/0", "::/0"] {
@@ -41,7 +46,12 @@ pub fn desired<'a>(
             wanted.insert(prefix, reserved(ReservedIdentity::World));
         }
     }
-    for node in nodes {
+    // Remote clusters first: whatever this cluster says of an address overwrites them.
+    let local_cidrs: Vec<IpNet> = nodes.iter().flat_map(|n| pod_cidrs(n)).collect();
+    for cluster in remote {
+        remote_entries(cluster, &local_cidrs, &mut wanted);
+    }
+    for node in nodes.iter().copied() {
         let is_local = node.metadata.name.as_deref() == Some(local_node);
         let identity = if is_local {
             ReservedIdentity::Host
@@ -92,6 +102,37 @@ pub fn desired<'a>(
         );
     }
     wanted
+}
+
+/// A remote cluster's nodes (`remote-node`, health IPs `health`) and endpoints (their
+/// identity, via their node), outside `local_cidrs`.
+fn remote_entries(
+    cluster: &RemoteCache,
+    local_cidrs: &[IpNet],
+    wanted: &mut BTreeMap<IpNet, IpcacheEntry>,
+) {
+    let mut put = |ip: IpAddr, entry: IpcacheEntry| {
+        let prefix = IpNet::from(ip);
+        if !overlaps(&prefix, local_cidrs) {
+            wanted.insert(prefix, entry);
+        }
+    };
+    for node in cluster.nodes.values() {
+        for address in &node.ip_addresses {
+            if let Ok(ip) = address.ip.parse::<IpAddr>() {
+                put(ip, reserved(ReservedIdentity::RemoteNode));
+            }
+        }
+        if let Ok(ip) = node.ipv4_health_ip.parse::<IpAddr>() {
+            put(ip, reserved(ReservedIdentity::Health));
+        }
+    }
+    for pair in cluster.ips.values() {
+        let (Ok(ip), host) = (pair.ip.parse::<IpAddr>(), pair.host_ip.parse().ok()) else {
+            continue;
+        };
+        put(ip, entry(pair.id, host));
+    }
 }
 
 /// The writes that turn `current` into `wanted`: upserts (new or changed) and deletions.
@@ -182,7 +223,7 @@ pub(crate) mod tests {
         let mut local = crate::endpoints::tests::record(3, "a", [10, 0, 1, 3]);
         local.identity = 43_000;
         let node_ip: IpAddr = "192.168.60.11".parse().expect("ip");
-        let wanted = desired("n1", node_ip, &nodes, &ceps, [&local]);
+        let wanted = desired("n1", node_ip, &[&nodes[0], &nodes[1]], &ceps, [&local], &[]);
         let identity = |p: &str| wanted.get(&net(p)).map(|e| e.identity);
         assert_eq!(identity("0.0.0.0/0"), Some(2));
         assert_eq!(identity("::/0"), Some(2));
@@ -210,6 +251,61 @@ pub(crate) mod tests {
             wanted.len(),
             10,
             "2 world, 3 per node, 1 remote and 1 local endpoint"
+        );
+    }
+
+    #[test]
+    fn remote_clusters_add_their_endpoints_but_never_override_local_ones() {
+        let mut node = cilium_node("n1", "192.168.60.11", "10.210.0.1", "10.210.0.2");
+        node.spec.ipam = Some(cilium_crds::node::IpamSpec {
+            pod_cidrs: Some(vec!["10.210.0.0/22".into()]),
+            pool: None,
+        });
+        let node_ip: IpAddr = "192.168.60.11".parse().expect("ip");
+        let mut cluster2 = RemoteCache::new("cluster2", 102);
+        let c2 = 102 << 16;
+        let pair = |ip: &str, id: u32| {
+            cilium_kvstore::IpIdentityPair {
+                ip: ip.into(),
+                mask: None,
+                host_ip: "192.168.60.21".into(),
+                id,
+                key: 0,
+                metadata: String::new(),
+                k8s_namespace: "istio-space".into(),
+                k8s_pod_name: "employee".into(),
+            }
+            .encode()
+        };
+        for (ip, id) in [("10.211.0.5", c2 + 300), ("10.210.0.7", c2 + 301)] {
+            let key = cilium_kvstore::keys::ip_key("cluster2", ip);
+            cluster2.put(&key, pair(ip, id).as_bytes());
+        }
+        let remote_node = cilium_kvstore::KvNode::from_cilium_node(
+            "cluster2",
+            102,
+            &cilium_node("c2n1", "192.168.60.11", "10.211.0.1", "10.211.0.2"),
+        );
+        cluster2.nodes.insert("c2n1".into(), remote_node);
+        let wanted = desired("n1", node_ip, &[&node], [], [], &[&cluster2]);
+        let get = |p: &str| wanted.get(&net(p)).copied();
+        let employee = get("10.211.0.5/32").expect("the remote endpoint");
+        assert_eq!(employee.identity, c2 + 300);
+        assert_eq!(
+            employee.tunnel_endpoint,
+            Some("192.168.60.21".parse().expect("ip"))
+        );
+        assert_eq!(
+            get("10.211.0.1/32").map(|e| e.identity),
+            Some(6),
+            "remote-node"
+        );
+        assert_eq!(get("10.211.0.2/32").map(|e| e.identity), Some(4), "health");
+        assert_eq!(get("10.210.0.7/32"), None, "inside this cluster's PodCIDR");
+        assert_eq!(
+            get("192.168.60.11/32").map(|e| e.identity),
+            Some(1),
+            "a remote node claiming this node's address stays host"
         );
     }
 

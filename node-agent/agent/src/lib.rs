@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod cep;
+pub mod clustermesh;
 pub mod controllers;
 pub mod endpoints;
 pub mod health;
@@ -17,4 +18,5 @@ pub mod metrics;
 pub mod node;
 pub mod policy;
 pub mod routes;
+pub mod services;
 pub mod sync;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cilium_agent::agent::{Agent, AgentSettings};
 use cilium_agent::api::ApiContext;
+use cilium_agent::clustermesh::{ClusterMesh, MeshSettings};
 use cilium_agent::controllers;
 use cilium_agent::endpoints::StateDir;
 use cilium_agent::kvstore::Kvstore;
@@ -16,7 +17,7 @@ use cilium_crds::cli::{ConfigDir, parse_duration, run_if_some};
 use cilium_datapath::{Datapath, DatapathConfig};
 use cilium_identity::LabelFilter;
 use cilium_kvstore::flags::KvstoreFlags;
-use cilium_policy::EnforcementMode;
+use cilium_policy::{EnforcementMode, LocalCluster};
 
 /// The cilium-rs node agent. Flags follow Cilium's agent where it has the same one.
 #[derive(clap::Parser, Debug)]
@@ -27,9 +28,22 @@ struct Args {
     node_name: String,
     #[arg(long, default_value = "default")]
     cluster_name: String,
-    /// 0..=255 (0: not part of a mesh).
+    /// 0..=255 (0: not part of a mesh; a mesh needs 1..=255, unique in it).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8))]
     cluster_id: u8,
+    /// Directory with one etcd config file per remote cluster, named after it
+    /// (`endpoints:`, `ca-file`, `cert-file`, `key-file`); files added or removed at run
+    /// time connect or disconnect that cluster.
+    #[arg(long = "clustermesh-config")]
+    clustermesh_config: Option<PathBuf>,
+    /// Peer selectors without `io.cilium.k8s.policy.cluster` select this cluster's
+    /// endpoints only (Cilium 1.19's default); false: endpoints of every cluster.
+    #[arg(long = "policy-default-local-cluster", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    policy_default_local_cluster: bool,
+    /// How long the entries of a remote cluster that went away are kept before they are
+    /// withdrawn (not a Cilium flag: Cilium keeps them until the cluster returns).
+    #[arg(long = "clustermesh-grace-period", default_value = "2m", value_parser = parse_duration)]
+    clustermesh_grace_period: Duration,
     /// Where endpoint records are kept across restarts.
     #[arg(long, default_value = "/var/run/cilium/state")]
     state_dir: PathBuf,
@@ -99,6 +113,14 @@ fn parse_listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
 async fn run(args: Args) -> anyhow::Result<()> {
     // Every flag is checked before anything is touched.
     let filter = LabelFilter::new(&args.labels).context("--labels")?;
+    if args.clustermesh_config.is_some() && args.cluster_id == 0 {
+        anyhow::bail!("--clustermesh-config needs --cluster-id 1..255 (unique in the mesh)");
+    }
+    if let Some(dir) = &args.clustermesh_config
+        && !dir.is_dir()
+    {
+        anyhow::bail!("--clustermesh-config {}: not a directory", dir.display());
+    }
     if args.xdp_prefilter && args.devices.is_empty() {
         anyhow::bail!("--enable-xdp-prefilter needs --devices (the devices to attach it to)");
     }
@@ -162,12 +184,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.socket_path.display()))?;
     tracing::info!(socket = %args.socket_path.display(), "API listening");
     let caches = Caches::start(&client, &args.node_name, &changed);
-    let policy = Arc::new(std::sync::Mutex::new(PolicyState::new(args.enforcement)));
+    let local_cluster = LocalCluster {
+        name: args.cluster_name.clone(),
+        default_local: args.policy_default_local_cluster,
+    };
+    let policy = Arc::new(std::sync::Mutex::new(PolicyState::new(
+        args.enforcement,
+        local_cluster,
+    )));
+    let mesh = args.clustermesh_config.clone().map(|config_dir| {
+        ClusterMesh::new(
+            MeshSettings {
+                config_dir,
+                cluster_name: args.cluster_name.clone(),
+                cluster_id: args.cluster_id,
+                grace_period: args.clustermesh_grace_period,
+            },
+            changed.clone(),
+        )
+    });
+    if let Some(mesh) = &mesh {
+        tokio::spawn(mesh.clone().run());
+    }
     let context = ApiContext {
         agent: agent.clone(),
         policy: policy.clone(),
         caches: caches.clone(),
         kvstore,
+        mesh: mesh.clone(),
     };
     let reconciler = Reconciler {
         client,
@@ -177,6 +221,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         filter,
         ct_gc_interval: args.ct_gc_interval,
         policy,
+        mesh,
     };
     let health = cilium_agent::api::serve_health(args.health_port, agent.clone()).await?;
     let cluster_health = match args.cluster_health_port {

@@ -11,7 +11,7 @@ use cilium_identity::LabelSet;
 use cilium_policy::cache::reserved_identities;
 use cilium_policy::render::rule_json;
 use cilium_policy::{
-    CidrIdentities, EndpointPolicy, EnforcementMode, PolicyRef, Rule, SelectorCache,
+    CidrIdentities, EndpointPolicy, EnforcementMode, LocalCluster, PolicyRef, Rule, SelectorCache,
     endpoint_policy, parse_ccnp, parse_cnp,
 };
 use ipnet::IpNet;
@@ -64,8 +64,9 @@ fn validity(problems: Vec<String>, rules: &[Rule]) -> Validity {
     }
 }
 
-#[derive(Default)]
 pub struct PolicyState {
+    /// The cluster policies are read in (and whether selectors stay in it).
+    cluster: LocalCluster,
     rules: Vec<Rule>,
     cache: SelectorCache,
     cidrs: CidrIdentities,
@@ -75,10 +76,14 @@ pub struct PolicyState {
 }
 
 impl PolicyState {
-    pub fn new(mode: EnforcementMode) -> Self {
+    pub fn new(mode: EnforcementMode, cluster: LocalCluster) -> Self {
         Self {
+            cluster,
+            rules: Vec::new(),
+            cache: SelectorCache::default(),
+            cidrs: CidrIdentities::default(),
             mode,
-            ..Self::default()
+            revision: 0,
         }
     }
 
@@ -88,8 +93,8 @@ impl PolicyState {
         &mut self,
         cnps: &[Arc<CiliumNetworkPolicy>],
         ccnps: &[Arc<CiliumClusterwideNetworkPolicy>],
-        cluster: &str,
     ) -> BTreeMap<PolicyRef, Validity> {
+        let cluster = &self.cluster;
         let mut rules = Vec::new();
         let mut validities = BTreeMap::new();
         for cnp in cnps {

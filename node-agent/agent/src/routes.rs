@@ -1,9 +1,11 @@
-//! Direct routing: a route to every other node's PodCIDRs via that node's InternalIP.
+//! Direct routing: a route to every other node's PodCIDRs via that node's InternalIP, for
+//! the nodes of this cluster and of the remote clusters of the mesh.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use cilium_crds::CiliumNode;
+use cilium_kvstore::KvNode;
 use cilium_netdev::Route;
 use ipnet::IpNet;
 
@@ -32,23 +34,64 @@ pub fn desired<'a>(
         if node.metadata.name.as_deref() == Some(local_node) {
             continue;
         }
-        let cidrs = node.spec.ipam.as_ref().and_then(|i| i.pod_cidrs.as_ref());
-        for cidr in cidrs.into_iter().flatten() {
-            let Ok(cidr) = cidr.parse::<IpNet>() else {
+        for cidr in pod_cidrs(node) {
+            let via = node_address(node, "InternalIP", matches!(cidr, IpNet::V6(_)));
+            routes.extend(route(cidr, via, local_cidrs));
+        }
+    }
+    routes
+}
+
+/// The PodCIDRs of a CiliumNode that parse.
+pub fn pod_cidrs(node: &CiliumNode) -> impl Iterator<Item = IpNet> + '_ {
+    let cidrs = node.spec.ipam.as_ref().and_then(|i| i.pod_cidrs.as_ref());
+    cidrs
+        .into_iter()
+        .flatten()
+        .filter_map(|cidr| cidr.parse::<IpNet>().ok())
+        .map(|cidr| cidr.trunc())
+}
+
+/// Whether `cidr` overlaps one of `protected`.
+pub fn overlaps(cidr: &IpNet, protected: &[IpNet]) -> bool {
+    protected
+        .iter()
+        .any(|own| own.contains(cidr) || cidr.contains(own))
+}
+
+/// The route to `cidr` via `via`, unless it overlaps a `protected` block.
+fn route(cidr: IpNet, via: Option<IpAddr>, protected: &[IpNet]) -> Option<Route> {
+    match (overlaps(&cidr, protected), via) {
+        (false, Some(gateway)) => Some(Route {
+            destination: cidr,
+            gateway: Some(gateway),
+            device: None,
+        }),
+        _ => None,
+    }
+}
+
+/// Routes to the PodCIDRs of remote clusters' nodes via their InternalIPs. `local_cidrs`
+/// are every PodCIDR of this cluster: a remote cluster claiming one gets no route.
+pub fn remote_desired<'a>(
+    local_cidrs: &[IpNet],
+    nodes: impl IntoIterator<Item = &'a KvNode>,
+) -> BTreeSet<Route> {
+    let mut routes = BTreeSet::new();
+    for node in nodes {
+        let blocks = [&node.ipv4_alloc_cidr, &node.ipv6_alloc_cidr];
+        for cidr in blocks.into_iter().flatten() {
+            let Ok(cidr) = cidr.to_net() else {
                 continue;
             };
             let cidr = cidr.trunc();
-            let overlaps = local_cidrs
+            let via = node
+                .ip_addresses
                 .iter()
-                .any(|own| own.contains(&cidr) || cidr.contains(own));
-            let via = node_address(node, "InternalIP", matches!(cidr, IpNet::V6(_)));
-            if let (false, Some(gateway)) = (overlaps, via) {
-                routes.insert(Route {
-                    destination: cidr,
-                    gateway: Some(gateway),
-                    device: None,
-                });
-            }
+                .filter(|a| a.kind == "InternalIP")
+                .filter_map(|a| a.ip.parse::<IpAddr>().ok())
+                .find(|ip| ip.is_ipv6() == matches!(cidr, IpNet::V6(_)));
+            routes.extend(route(cidr, via, local_cidrs));
         }
     }
     routes
@@ -126,5 +169,35 @@ mod tests {
             ..listed
         };
         assert_eq!(changes(&[stale], &routes), (vec![stale], vec![expected]));
+    }
+
+    fn remote_node(name: &str, ip: &str, cidr: &str) -> KvNode {
+        let mut node = KvNode::from_cilium_node(
+            "cluster2",
+            102,
+            &cilium_node(name, ip, "10.211.0.1", "10.211.0.2"),
+        );
+        node.ipv4_alloc_cidr = Some(cilium_kvstore::AllocCidr::from_net(
+            &cidr.parse().expect("cidr"),
+        ));
+        node
+    }
+
+    #[test]
+    fn remote_nodes_get_routes_unless_they_claim_local_blocks() {
+        let local: Vec<IpNet> = vec!["10.210.0.0/22".parse().expect("cidr")];
+        let nodes = [
+            remote_node("a", "192.168.60.21", "10.211.0.0/22"),
+            remote_node("b", "192.168.60.22", "10.210.0.0/24"),
+        ];
+        let routes = remote_desired(&local, &nodes);
+        assert_eq!(
+            routes.into_iter().collect::<Vec<_>>(),
+            vec![Route {
+                destination: "10.211.0.0/22".parse().expect("cidr"),
+                gateway: Some("192.168.60.21".parse().expect("ip")),
+                device: None,
+            }]
+        );
     }
 }

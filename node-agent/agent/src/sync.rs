@@ -15,7 +15,8 @@ use cilium_crds::{
 use cilium_identity::{LabelFilter, LabelSet};
 use cilium_netdev::Netlink;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -23,6 +24,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::agent::Agent;
+use crate::clustermesh::{ClusterMesh, RemoteCache};
 use crate::endpoints::EndpointRecord;
 use crate::policy::{PolicyState, Validity};
 use crate::{cep, controllers, ipcache, routes};
@@ -33,7 +35,8 @@ const RESYNC_PERIOD: Duration = Duration::from_secs(10);
 const CEP_WRITE_CONCURRENCY: usize = 16;
 
 /// The objects the agent reads: its own node's pods, and the cluster's namespaces,
-/// identities, CiliumNodes and CiliumEndpoints.
+/// identities, CiliumNodes, CiliumEndpoints, policies, and Services with their
+/// EndpointSlices.
 #[derive(Clone)]
 pub struct Caches {
     pub pods: Store<Pod>,
@@ -43,6 +46,8 @@ pub struct Caches {
     pub endpoints: Store<CiliumEndpoint>,
     pub cnps: Store<CiliumNetworkPolicy>,
     pub ccnps: Store<CiliumClusterwideNetworkPolicy>,
+    pub services: Store<Service>,
+    pub endpoint_slices: Store<EndpointSlice>,
 }
 
 impl Caches {
@@ -58,6 +63,9 @@ impl Caches {
             endpoints: reflect(Api::all(client.clone()), all(), wake()),
             cnps: reflect(Api::all(client.clone()), all(), wake()),
             ccnps: reflect(Api::all(client.clone()), all(), wake()),
+            // Services change nothing the reconciler writes: only the API reads them.
+            services: reflect(Api::all(client.clone()), all(), vec![]),
+            endpoint_slices: reflect(Api::all(client.clone()), all(), vec![]),
         }
     }
 
@@ -68,6 +76,8 @@ impl Caches {
         self.nodes.wait_until_ready().await?;
         self.cnps.wait_until_ready().await?;
         self.ccnps.wait_until_ready().await?;
+        self.services.wait_until_ready().await?;
+        self.endpoint_slices.wait_until_ready().await?;
         self.endpoints.wait_until_ready().await
     }
 }
@@ -102,6 +112,8 @@ pub struct Reconciler {
     pub filter: LabelFilter,
     pub ct_gc_interval: Duration,
     pub policy: Arc<std::sync::Mutex<PolicyState>>,
+    /// The remote clusters, with `--clustermesh-config`.
+    pub mesh: Option<Arc<ClusterMesh>>,
 }
 
 impl Reconciler {
@@ -137,8 +149,16 @@ impl Reconciler {
     #[tracing::instrument(skip_all)]
     async fn pass(&self, netlink: &Netlink) {
         // Parsed once for both users: the pods' identity lookup and the selector cache.
-        let identities = parsed_identities(&self.caches.identities.state());
+        let mut identities = parsed_identities(&self.caches.identities.state());
         self.resolve_identities(&identities);
+        let remote: Vec<Arc<RemoteCache>> =
+            self.mesh.as_ref().map(|m| m.caches()).unwrap_or_default();
+        // Remote identities carry their cluster's id in their upper bits: never a local one.
+        identities.extend(
+            remote
+                .iter()
+                .flat_map(|c| c.identities.iter().map(|(id, l)| (*id, l.clone()))),
+        );
         let (validities, cidr_entries) = self.compute_policies(&identities);
         if let Err(e) = self
             .controlled(controllers::SYNC_ENDPOINTS, self.sync_endpoints())
@@ -149,14 +169,17 @@ impl Reconciler {
         let node = self.agent.node();
         let nodes = self.caches.nodes.state();
         let ceps = self.caches.endpoints.state();
+        let remote: Vec<&RemoteCache> = remote.iter().map(Arc::as_ref).collect();
         let synced = self.agent.controller(controllers::SYNC_IPCACHE, || {
             self.agent.sync_ipcache(|local| {
+                let local_nodes: Vec<&CiliumNode> = nodes.iter().map(Arc::as_ref).collect();
                 let mut wanted = ipcache::desired(
                     &node.name,
                     node.ip,
-                    nodes.iter().map(Arc::as_ref),
+                    &local_nodes,
                     ceps.iter().map(Arc::as_ref),
                     local,
+                    &remote,
                 );
                 // CIDRs of policies, unless an endpoint or node holds that very prefix.
                 for (prefix, identity) in &cidr_entries {
@@ -176,7 +199,10 @@ impl Reconciler {
             Err(e) => tracing::warn!(error = %e, "ipcache sync failed"),
         }
         if let Err(e) = self
-            .controlled(controllers::SYNC_ROUTES, self.sync_routes(netlink, &nodes))
+            .controlled(
+                controllers::SYNC_ROUTES,
+                self.sync_routes(netlink, &nodes, &remote),
+            )
             .await
         {
             tracing::warn!(error = %e, "route sync failed");
@@ -222,11 +248,7 @@ impl Reconciler {
         identities: &[(u32, LabelSet)],
     ) -> (BTreeMap<PolicyRef, Validity>, Vec<(ipnet::IpNet, u32)>) {
         let mut state = self.policy.lock().unwrap_or_else(|p| p.into_inner());
-        let validities = state.load(
-            &self.caches.cnps.state(),
-            &self.caches.ccnps.state(),
-            &self.agent.node().cluster_name,
-        );
+        let validities = state.load(&self.caches.cnps.state(), &self.caches.ccnps.state());
         state.update_identities(identities);
         // Failures are logged per endpoint and kept in the controller's status.
         let _ = self.agent.controller(controllers::POLICY, || {
@@ -415,9 +437,16 @@ impl Reconciler {
         &self,
         netlink: &Netlink,
         nodes: &[Arc<CiliumNode>],
+        remote: &[&RemoteCache],
     ) -> Result<(), cilium_netdev::Error> {
         let node = self.agent.node();
-        let wanted = routes::desired(&node.name, &node.cidrs(), nodes.iter().map(Arc::as_ref));
+        let mut wanted = routes::desired(&node.name, &node.cidrs(), nodes.iter().map(Arc::as_ref));
+        let mut cluster_cidrs = node.cidrs();
+        cluster_cidrs.extend(nodes.iter().flat_map(|n| routes::pod_cidrs(n)));
+        wanted.extend(routes::remote_desired(
+            &cluster_cidrs,
+            remote.iter().flat_map(|c| c.nodes.values()),
+        ));
         let current = netlink.owned_routes().await?;
         let (delete, add) = routes::changes(&current, &wanted);
         for route in &delete {

@@ -14,7 +14,7 @@ use crate::{
     ApiErrorBody, BpfEndpointModel, CtEntryModel, EndpointChangeRequest, EndpointModel,
     EndpointRef, IdentityModel, IpamAllocation, IpamRequest, IpcacheEntryModel, KvPair,
     MonitorFilter, MonitorMessage, NodeModel, PolicyMapModel, PolicyResponse, PrefilterChange,
-    PrefilterModel, SelectorModel, StatusResponse,
+    PrefilterModel, SelectorModel, ServiceModel, StatusResponse,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +145,10 @@ impl Client {
 
     pub async fn nodes(&self) -> Result<Vec<NodeModel>, ClientError> {
         self.get("/v1/cluster/nodes").await
+    }
+
+    pub async fn services(&self) -> Result<Vec<ServiceModel>, ClientError> {
+        self.get("/v1/service").await
     }
 
     pub async fn policy(&self) -> Result<PolicyResponse, ClientError> {

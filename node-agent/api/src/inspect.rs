@@ -334,6 +334,86 @@ pub enum MonitorMessage {
     Lost(u64),
 }
 
+/// `cilium status`'s ClusterMesh section: every remote cluster of `--clustermesh-config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterMeshStatus {
+    pub clusters: Vec<RemoteClusterStatus>,
+    /// Services annotated global in this cluster or a remote one.
+    pub num_global_services: usize,
+}
+
+impl ClusterMeshStatus {
+    pub fn ready(&self) -> usize {
+        self.clusters.iter().filter(|c| c.ready).count()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RemoteClusterStatus {
+    pub name: String,
+    /// From its `cilium/cluster-config`, once read.
+    pub cluster_id: Option<u32>,
+    /// Connected, its configuration accepted and its initial state read.
+    pub ready: bool,
+    pub connected: bool,
+    /// The etcd endpoints of its config file.
+    pub endpoints: Vec<String>,
+    /// What is wrong (or what it waits for) when not ready.
+    pub status: String,
+    pub num_nodes: usize,
+    pub num_identities: usize,
+    pub num_endpoints: usize,
+    pub num_services: usize,
+    /// Values of the remote kvstore that did not parse or were refused.
+    pub num_invalid_values: u64,
+    pub num_failures: u64,
+    /// RFC 3339 time of the last failure.
+    pub last_failure: Option<String>,
+    /// Whether its entries were withdrawn after it stayed away for the grace period.
+    pub withdrawn: bool,
+}
+
+/// `GET /v1/service`: a Service as the agent sees it, with its backends from this cluster
+/// and, for a global service, from every cluster of the mesh that shares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ServiceModel {
+    pub id: u32,
+    pub namespace: String,
+    pub name: String,
+    /// `ClusterIP`, ...
+    pub service_type: String,
+    pub global: bool,
+    pub frontends: Vec<ServiceAddress>,
+    pub backends: Vec<BackendModel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceAddress {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub protocol: String,
+}
+
+impl fmt::Display for ServiceAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            IpAddr::V4(ip) => write!(f, "{ip}:{}/{}", self.port, self.protocol),
+            IpAddr::V6(ip) => write!(f, "[{ip}]:{}/{}", self.port, self.protocol),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BackendModel {
+    pub address: ServiceAddress,
+    /// The cluster the backend runs in.
+    pub cluster: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

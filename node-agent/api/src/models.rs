@@ -110,6 +110,9 @@ pub struct StatusResponse {
     pub cluster_health: Option<ClusterHealth>,
     /// Verdict events the datapath could not queue since it was loaded.
     pub monitor_events_lost: u64,
+    /// `None` without `--clustermesh-config`.
+    #[serde(default)]
+    pub cluster_mesh: Option<crate::ClusterMeshStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

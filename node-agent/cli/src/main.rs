@@ -39,9 +39,12 @@ enum Command {
     /// Security identities known to the agent (reserved ones included).
     #[command(subcommand)]
     Identity(ListOrGet),
-    /// Nodes of the cluster.
+    /// Nodes of the cluster and of the mesh's remote clusters.
     #[command(subcommand)]
     Node(ListOnly),
+    /// Services with their backends (a global service's from every cluster).
+    #[command(subcommand)]
+    Service(ListOnly),
     /// The rules the agent enforces.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -259,6 +262,10 @@ async fn run(cli: Cli) -> Outcome {
         Command::Node(ListOnly::List) => {
             let nodes = client.nodes().await?;
             format.print(&nodes, |n| render::nodes(n))
+        }
+        Command::Service(ListOnly::List) => {
+            let services = client.services().await?;
+            format.print(&services, |s| render::services(s))
         }
         Command::Policy(PolicyCommand::Get) => {
             let policy = client.policy().await?;

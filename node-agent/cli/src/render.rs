@@ -2,9 +2,9 @@
 //! out as Cilium's (multi-line cells for labels), status lines, monitor lines.
 
 use cilium_agent_api::{
-    BpfEndpointModel, ControllerStatus, CtEntryModel, EndpointModel, IdentityModel,
-    IpcacheEntryModel, KvPair, MonitorEvent, MonitorEventType, MonitorMessage, NodeModel,
-    PolicyMapModel, PrefilterModel, SelectorModel, StatusResponse,
+    BpfEndpointModel, ClusterMeshStatus, ControllerStatus, CtEntryModel, EndpointModel,
+    IdentityModel, IpcacheEntryModel, KvPair, MonitorEvent, MonitorEventType, MonitorMessage,
+    NodeModel, PolicyMapModel, PrefilterModel, SelectorModel, ServiceModel, StatusResponse,
 };
 
 /// Columns separated by three spaces; a cell with several lines makes its row that tall.
@@ -340,12 +340,104 @@ pub fn status(status: &StatusResponse, verbose: bool) -> String {
         }
         None => status_line(&mut out, "Cluster health", "probing not done yet"),
     }
+    if let Some(mesh) = &status.cluster_mesh {
+        cluster_mesh(&mut out, mesh, verbose);
+    }
     status_line(
         &mut out,
         "Monitor",
         &format!("{} events lost", status.monitor_events_lost),
     );
     out
+}
+
+/// Cilium's `ClusterMesh: 1/1 clusters ready, 0 global-services` and, verbose or for a
+/// cluster that is not ready, a line per cluster.
+fn cluster_mesh(out: &mut String, mesh: &ClusterMeshStatus, verbose: bool) {
+    status_line(
+        out,
+        "ClusterMesh",
+        &format!(
+            "{}/{} clusters ready, {} global-services",
+            mesh.ready(),
+            mesh.clusters.len(),
+            mesh.num_global_services
+        ),
+    );
+    for cluster in mesh.clusters.iter().filter(|c| verbose || !c.ready) {
+        let state = if cluster.ready {
+            "ready".to_owned()
+        } else {
+            format!("not-ready ({})", cluster.status)
+        };
+        let last = cluster.last_failure.as_deref().unwrap_or("never");
+        out.push_str(&format!(
+            "   {}: {state}, {} nodes, {} endpoints, {} identities, {} services, {} failures (last: {last})\n",
+            cluster.name,
+            cluster.num_nodes,
+            cluster.num_endpoints,
+            cluster.num_identities,
+            cluster.num_services,
+            cluster.num_failures,
+        ));
+        let connected = usize::from(cluster.connected);
+        let mut etcd = format!(
+            "   └  etcd: {connected}/1 connected, {}",
+            cluster.endpoints.join(", ")
+        );
+        if let Some(id) = cluster.cluster_id {
+            etcd.push_str(&format!(", cluster id {id}"));
+        }
+        if cluster.num_invalid_values > 0 {
+            etcd.push_str(&format!(", {} values refused", cluster.num_invalid_values));
+        }
+        if cluster.withdrawn {
+            etcd.push_str(", entries withdrawn");
+        }
+        out.push_str(&etcd);
+        out.push('\n');
+    }
+}
+
+/// `cilium service list`: ID, frontend, type, and one backend per line.
+pub fn services(services: &[ServiceModel]) -> String {
+    let mut rows = Vec::new();
+    for service in services {
+        let mut backends: Vec<String> = service
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("{} => {} ({})", i + 1, b.address, b.cluster))
+            .collect();
+        if backends.is_empty() {
+            backends.push(String::new());
+        }
+        for (i, frontend) in service.frontends.iter().enumerate() {
+            for (j, backend) in backends.iter().enumerate() {
+                let first = i == 0 && j == 0;
+                let kind = match (j, service.global) {
+                    (0, true) => format!("{} (global)", service.service_type),
+                    (0, false) => service.service_type.clone(),
+                    _ => String::new(),
+                };
+                rows.push(vec![
+                    if first {
+                        service.id.to_string()
+                    } else {
+                        String::new()
+                    },
+                    if j == 0 {
+                        frontend.to_string()
+                    } else {
+                        String::new()
+                    },
+                    kind,
+                    backend.clone(),
+                ]);
+            }
+        }
+    }
+    table(&["ID", "Frontend", "Service Type", "Backend"], &rows)
 }
 
 fn protocol(number: u8) -> String {
@@ -555,6 +647,7 @@ mod tests {
                 ],
             }),
             monitor_events_lost: 0,
+            cluster_mesh: None,
         };
         let text = status(&response, false);
         assert!(
@@ -595,6 +688,85 @@ mod tests {
         assert!(
             verbose.contains("  default/node-1 (192.168.60.11): reachable (0.2 ms)\n"),
             "{verbose}"
+        );
+    }
+
+    #[test]
+    fn the_cluster_mesh_section_as_cilium_prints_it() {
+        let ready = cilium_agent_api::RemoteClusterStatus {
+            name: "cluster2".into(),
+            cluster_id: Some(102),
+            ready: true,
+            connected: true,
+            endpoints: vec!["https://127.0.0.1:2379".into()],
+            status: "ready".into(),
+            num_nodes: 1,
+            num_identities: 3,
+            num_endpoints: 4,
+            num_services: 1,
+            ..Default::default()
+        };
+        let gone = cilium_agent_api::RemoteClusterStatus {
+            name: "cluster3".into(),
+            status: "etcd did not answer within 5s".into(),
+            num_failures: 2,
+            last_failure: Some("2026-11-23T10:00:00Z".into()),
+            withdrawn: true,
+            ..Default::default()
+        };
+        let mesh = ClusterMeshStatus {
+            clusters: vec![ready, gone],
+            num_global_services: 1,
+        };
+        let mut quiet = String::new();
+        cluster_mesh(&mut quiet, &mesh, false);
+        assert_eq!(
+            quiet,
+            "ClusterMesh:            1/2 clusters ready, 1 global-services\n   \
+             cluster3: not-ready (etcd did not answer within 5s), 0 nodes, 0 endpoints, 0 identities, 0 services, 2 failures (last: 2026-11-23T10:00:00Z)\n   \
+             └  etcd: 0/1 connected, , entries withdrawn\n"
+        );
+        let mut verbose = String::new();
+        cluster_mesh(&mut verbose, &mesh, true);
+        assert!(verbose.contains(
+            "   cluster2: ready, 1 nodes, 4 endpoints, 3 identities, 1 services, 0 failures (last: never)\n   └  etcd: 1/1 connected, https://127.0.0.1:2379, cluster id 102\n"
+        ), "{verbose}");
+    }
+
+    #[test]
+    fn services_list_a_backend_per_line() {
+        let address = |ip: &str| cilium_agent_api::ServiceAddress {
+            ip: ip.parse().expect("ip"),
+            port: 6379,
+            protocol: "TCP".into(),
+        };
+        let service = ServiceModel {
+            id: 1,
+            namespace: "default".into(),
+            name: "protected-db".into(),
+            service_type: "ClusterIP".into(),
+            global: true,
+            frontends: vec![address("10.96.0.20")],
+            backends: vec![
+                cilium_agent_api::BackendModel {
+                    address: address("10.210.0.5"),
+                    cluster: "cluster1".into(),
+                },
+                cilium_agent_api::BackendModel {
+                    address: address("10.211.0.5"),
+                    cluster: "cluster2".into(),
+                },
+            ],
+        };
+        assert_eq!(
+            services(&[service]),
+            [
+                "ID   Frontend              Service Type         Backend",
+                "1    10.96.0.20:6379/TCP   ClusterIP (global)   1 => 10.210.0.5:6379/TCP (cluster1)",
+                "                                                2 => 10.211.0.5:6379/TCP (cluster2)",
+                "",
+            ]
+            .join("\n")
         );
     }
 }

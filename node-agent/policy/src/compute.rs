@@ -219,7 +219,7 @@ mod tests {
 
     use super::*;
     use crate::cache::reserved_identities;
-    use crate::rules::{parse_ccnp, parse_cnp};
+    use crate::rules::{LocalCluster, parse_ccnp, parse_cnp};
 
     const DB: u32 = 300;
     const EMPLOYEE: u32 = 301;
@@ -228,10 +228,14 @@ mod tests {
     const ISTIO_EMPLOYEE: u32 = 303;
 
     fn pod(app: &str, namespace: &str) -> LabelSet {
+        pod_of("c1", app, namespace)
+    }
+
+    fn pod_of(cluster: &str, app: &str, namespace: &str) -> LabelSet {
         [
             Label::k8s("app", app),
             Label::k8s("io.kubernetes.pod.namespace", namespace),
-            Label::k8s("io.cilium.k8s.policy.cluster", "c1"),
+            Label::k8s("io.cilium.k8s.policy.cluster", cluster),
         ]
         .into_iter()
         .collect()
@@ -246,15 +250,24 @@ mod tests {
 
     impl World {
         fn new(policies: &[&str]) -> Self {
+            Self::in_cluster(policies, &LocalCluster::new("c1"), [])
+        }
+
+        /// `policies` read in `cluster`, which also knows the identities of `remote`.
+        fn in_cluster(
+            policies: &[&str],
+            cluster: &LocalCluster,
+            remote: impl IntoIterator<Item = (u32, LabelSet)>,
+        ) -> Self {
             let mut rules = Vec::new();
             for yaml in policies {
                 let parsed = if yaml.contains("CiliumClusterwideNetworkPolicy") {
                     let ccnp: CiliumClusterwideNetworkPolicy =
                         serde_yaml::from_str(yaml).expect("ccnp");
-                    parse_ccnp(&ccnp, "c1")
+                    parse_ccnp(&ccnp, cluster)
                 } else {
                     let cnp: CiliumNetworkPolicy = serde_yaml::from_str(yaml).expect("cnp");
-                    parse_cnp(&cnp, "c1")
+                    parse_cnp(&cnp, cluster)
                 };
                 rules.extend(parsed.expect("valid policy"));
             }
@@ -267,6 +280,7 @@ mod tests {
                 (STRANGER, pod("stranger", "default")),
                 (ISTIO_EMPLOYEE, pod("employee", "istio-space")),
             ]);
+            identities.extend(remote);
             identities.extend(cidrs.identities());
             let mut cache = SelectorCache::default();
             cache.update_identities(identities);
@@ -356,6 +370,66 @@ spec:
         let stranger = world.policy(STRANGER);
         assert!(!stranger.ingress_enforced && !stranger.egress_enforced);
         assert!(world.allows(STRANGER, Direction::Ingress, 2, PROTO_TCP, 1));
+    }
+
+    /// The policy of the clustermesh source document, as applied in cluster1.
+    const MESH_PROTECTED_DB: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: clustermesh-ingress-l4-policy, namespace: default}
+spec:
+  endpointSelector:
+    matchLabels: {app: protected-db, io.cilium.k8s.policy.cluster: cluster1}
+  ingress:
+  - toPorts:
+    - ports: [{port: "6379", protocol: TCP}]
+    fromEndpoints:
+    - matchLabels:
+        app: employee
+        io.cilium.k8s.policy.cluster: cluster2
+        k8s:io.kubernetes.pod.namespace: istio-space
+    - matchLabels:
+        app: employee
+        k8s:io.kubernetes.pod.namespace: default
+"#;
+
+    #[test]
+    fn the_mesh_policy_admits_both_employees_and_no_stranger_either_way() {
+        // Identities of cluster 102 sit above bit 16 (`id >> 16` is the cluster id).
+        let remote = |n: u32| (102 << 16) + n;
+        let (c2_employee, c2_default_employee, c2_stranger) = (remote(1), remote(2), remote(3));
+        let identities = [
+            (DB, pod_of("cluster1", "protected-db", "default")),
+            (EMPLOYEE, pod_of("cluster1", "employee", "default")),
+            (STRANGER, pod_of("cluster1", "stranger", "default")),
+            (c2_employee, pod_of("cluster2", "employee", "istio-space")),
+            (
+                c2_default_employee,
+                pod_of("cluster2", "employee", "default"),
+            ),
+            (c2_stranger, pod_of("cluster2", "stranger", "istio-space")),
+        ];
+        for default_local in [true, false] {
+            let cluster = LocalCluster {
+                name: "cluster1".into(),
+                default_local,
+            };
+            let mut world = World::in_cluster(&[MESH_PROTECTED_DB], &cluster, identities.clone());
+            let allowed = |world: &mut World, peer| {
+                world.allows(DB, Direction::Ingress, peer, PROTO_TCP, 6379)
+            };
+            assert!(allowed(&mut world, EMPLOYEE), "cluster1's employee");
+            assert!(allowed(&mut world, c2_employee), "cluster2's employee");
+            assert!(!allowed(&mut world, STRANGER), "cluster1's stranger");
+            assert!(!allowed(&mut world, c2_stranger), "cluster2's stranger");
+            // The selector without a cluster picks cluster2's employees in `default` only
+            // under the older all-clusters behaviour.
+            assert_eq!(
+                allowed(&mut world, c2_default_employee),
+                !default_local,
+                "default_local = {default_local}"
+            );
+        }
     }
 
     #[test]
@@ -550,7 +624,8 @@ spec:
     fn unusable_policies_are_rejected_whole() {
         let named = PROTECTED_DB.replace("port: \"6379\"", "port: redis");
         let cnp: CiliumNetworkPolicy = serde_yaml::from_str(&named).expect("cnp");
-        let problems = parse_cnp(&cnp, "c1").expect_err("named ports are not supported");
+        let problems =
+            parse_cnp(&cnp, &LocalCluster::new("c1")).expect_err("named ports are not supported");
         assert!(
             problems[0].contains("spec.ingress[0].toPorts[0].ports[0].port"),
             "{problems:?}"
@@ -564,7 +639,7 @@ spec:
   egress: [{toCIDR: [10.0.0.0/33]}]
 "#;
         let cnp: CiliumNetworkPolicy = serde_yaml::from_str(bad_cidr).expect("cnp");
-        assert!(parse_cnp(&cnp, "c1").is_err());
+        assert!(parse_cnp(&cnp, &LocalCluster::new("c1")).is_err());
     }
 
     #[test]

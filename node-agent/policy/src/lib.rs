@@ -17,5 +17,5 @@ pub mod selector;
 
 pub use cache::{CidrIdentities, SelectorCache};
 pub use compute::{EndpointPolicy, EnforcementMode, endpoint_policy};
-pub use rules::{Peer, PeerRule, PolicyRef, Rule, parse_ccnp, parse_cnp};
+pub use rules::{LocalCluster, Peer, PeerRule, PolicyRef, Rule, parse_ccnp, parse_cnp};
 pub use selector::Selector;

@@ -208,15 +208,17 @@ mod tests {
     use cilium_crds::CiliumNetworkPolicy;
 
     use super::*;
-    use crate::rules::parse_cnp;
+    use crate::rules::{LocalCluster, parse_cnp};
 
     fn rules(yaml: &str) -> Vec<Rule> {
         let cnp: CiliumNetworkPolicy = serde_yaml::from_str(yaml).expect("policy");
-        parse_cnp(&cnp, "default").expect("valid")
+        parse_cnp(&cnp, &LocalCluster::new("default")).expect("valid")
     }
 
     /// The rule of `cilium policy get` in the source document ("What's NOT inside
-    /// cilium-etcd"): source prefixes spelled out, the namespace made explicit.
+    /// cilium-etcd"): source prefixes spelled out, the namespace made explicit; peer
+    /// selectors also name the local cluster, as with Cilium 1.19's default (the document
+    /// predates it).
     #[test]
     fn the_documented_rule_shape() {
         let rules = rules(
@@ -240,7 +242,11 @@ spec:
         );
         assert_eq!(
             json["ingress"][0]["fromEndpoints"][0]["matchLabels"],
-            json!({"any:cnp": "apitest", "k8s:io.kubernetes.pod.namespace": "default"})
+            json!({
+                "any:cnp": "apitest",
+                "k8s:io.cilium.k8s.policy.cluster": "default",
+                "k8s:io.kubernetes.pod.namespace": "default",
+            })
         );
         assert_eq!(
             json["ingress"][0]["toPorts"][0]["ports"],

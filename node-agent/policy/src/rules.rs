@@ -74,25 +74,56 @@ pub struct Rule {
     pub default_deny_egress: bool,
 }
 
+/// The cluster policies are read in, and how selectors that name no cluster are taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalCluster {
+    pub name: String,
+    /// Cilium 1.19's `--policy-default-local-cluster` (default true): a peer selector
+    /// without `io.cilium.k8s.policy.cluster` selects this cluster's endpoints only; false
+    /// restores the older behaviour, endpoints of every cluster in the mesh.
+    pub default_local: bool,
+}
+
+impl LocalCluster {
+    /// Cluster `name` with Cilium's default (selectors stay in the local cluster).
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            default_local: true,
+        }
+    }
+}
+
 /// What a policy is read against.
 struct Context<'a> {
     /// The namespace of a CNP, implied on its selectors.
     namespace: Option<&'a str>,
-    cluster: &'a str,
+    cluster: &'a LocalCluster,
     problems: Vec<String>,
 }
 
 impl Context<'_> {
-    /// A peer selector, with the policy's namespace unless it names one or names reserved
-    /// identities.
+    /// A peer selector, with the policy's namespace unless it names one, and the local
+    /// cluster unless it names one or `default_local` is off; selectors of reserved
+    /// identities get neither.
     fn peer_selector(&self, selector: &EndpointSelector) -> Selector {
-        let selector = Selector::from_api(selector);
-        match self.namespace {
-            Some(ns) if !selector.constrains(NAMESPACE_KEY) && !selector.is_reserved() => {
-                selector.and(&Selector::label(Some("k8s"), NAMESPACE_KEY, ns))
-            }
-            _ => selector,
+        let mut selector = Selector::from_api(selector);
+        if selector.is_reserved() {
+            return selector;
         }
+        if let Some(ns) = self.namespace
+            && !selector.constrains(NAMESPACE_KEY)
+        {
+            selector = selector.and(&Selector::label(Some("k8s"), NAMESPACE_KEY, ns));
+        }
+        if self.cluster.default_local && !selector.constrains(CLUSTER_KEY) {
+            selector = selector.and(&self.local_cluster());
+        }
+        selector
+    }
+
+    fn local_cluster(&self) -> Selector {
+        Selector::label(Some("k8s"), CLUSTER_KEY, &self.cluster.name)
     }
 
     fn entity(&self, entity: Entity) -> Vec<Peer> {
@@ -120,11 +151,7 @@ impl Context<'_> {
                 .into_iter()
                 .map(reserved)
                 .collect();
-                peers.push(Peer::Endpoints(Selector::label(
-                    Some("k8s"),
-                    CLUSTER_KEY,
-                    self.cluster,
-                )));
+                peers.push(Peer::Endpoints(self.local_cluster()));
                 peers
             }
         }
@@ -394,7 +421,7 @@ fn rule(context: &mut Context<'_>, path: &str, api: &ApiRule, source: &PolicyRef
 fn parse<'a>(
     source: PolicyRef,
     rules: impl Iterator<Item = (String, &'a ApiRule)>,
-    cluster: &str,
+    cluster: &LocalCluster,
 ) -> Result<Vec<Rule>, Vec<String>> {
     let namespace = source.namespace.clone();
     let mut context = Context {
@@ -426,7 +453,10 @@ fn paths<'a>(
 }
 
 /// The rules of a CiliumNetworkPolicy, or every reason it cannot be enforced.
-pub fn parse_cnp(cnp: &CiliumNetworkPolicy, cluster: &str) -> Result<Vec<Rule>, Vec<String>> {
+pub fn parse_cnp(
+    cnp: &CiliumNetworkPolicy,
+    cluster: &LocalCluster,
+) -> Result<Vec<Rule>, Vec<String>> {
     let source = PolicyRef {
         namespace: Some(
             cnp.metadata
@@ -441,7 +471,7 @@ pub fn parse_cnp(cnp: &CiliumNetworkPolicy, cluster: &str) -> Result<Vec<Rule>, 
 
 pub fn parse_ccnp(
     ccnp: &CiliumClusterwideNetworkPolicy,
-    cluster: &str,
+    cluster: &LocalCluster,
 ) -> Result<Vec<Rule>, Vec<String>> {
     let source = PolicyRef {
         namespace: None,

@@ -1,0 +1,329 @@
+//! What the agent holds of one remote cluster: its nodes, identities, endpoint IPs and
+//! global services, read from its kvstore. Every value is checked before it is taken: a
+//! value that does not parse, or claims what the cluster may not (an identity outside its
+//! cluster id's range, another cluster's name), is refused and counted, and the key's
+//! previous value is dropped rather than kept stale.
+
+use std::collections::BTreeMap;
+
+use cilium_identity::{ClusterScope, LabelSet, NumericIdentity};
+use cilium_kvstore::cluster_config::MAX_CONNECTED_CLUSTERS;
+use cilium_kvstore::keys::{IDENTITIES_PREFIX, IP_PREFIX, NODES_PREFIX, SERVICES_PREFIX};
+use cilium_kvstore::{ClusterConfig, ClusterService, IpIdentityPair, KvNode};
+
+/// One key of a remote kvstore, by what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RemoteKey<'a> {
+    Node(&'a str),
+    Identity(&'a str),
+    Ip(&'a str),
+    Service(&'a str),
+}
+
+/// Which of `cluster`'s keys `key` is, if one the agent reads.
+fn classify<'a>(cluster: &str, key: &'a str) -> Option<RemoteKey<'a>> {
+    let under = |prefix: &str| {
+        key.strip_prefix(prefix)?
+            .strip_prefix('/')?
+            .strip_prefix(cluster)?
+            .strip_prefix('/')
+    };
+    if let Some(rest) = under(NODES_PREFIX) {
+        return Some(RemoteKey::Node(rest));
+    }
+    if let Some(rest) = under(IP_PREFIX) {
+        return Some(RemoteKey::Ip(rest));
+    }
+    if let Some(rest) = under(SERVICES_PREFIX) {
+        return Some(RemoteKey::Service(rest));
+    }
+    key.strip_prefix(IDENTITIES_PREFIX)?
+        .strip_prefix("/id/")
+        .map(RemoteKey::Identity)
+}
+
+/// The state of one remote cluster.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteCache {
+    cluster: String,
+    scope: Option<ClusterScope>,
+    pub nodes: BTreeMap<String, KvNode>,
+    pub identities: BTreeMap<u32, LabelSet>,
+    pub ips: BTreeMap<String, IpIdentityPair>,
+    pub services: BTreeMap<String, ClusterService>,
+    /// Values refused since the cache was made, and the last reason.
+    pub invalid: u64,
+    pub last_invalid: Option<String>,
+}
+
+impl RemoteCache {
+    /// An empty cache of cluster `name`, whose identities lie in `cluster_id`'s range.
+    pub fn new(name: &str, cluster_id: u8) -> Self {
+        Self {
+            cluster: name.to_owned(),
+            scope: Some(ClusterScope::new(cluster_id)),
+            ..Self::default()
+        }
+    }
+
+    fn refuse(&mut self, key: &str, reason: impl ToString) {
+        let reason = reason.to_string();
+        tracing::warn!(cluster = %self.cluster, %key, %reason, "refused a remote kvstore value");
+        self.invalid += 1;
+        self.last_invalid = Some(reason);
+    }
+
+    fn in_range(&self, id: u32) -> Result<(), String> {
+        match self.scope {
+            Some(scope) if scope.contains(NumericIdentity(id)) => Ok(()),
+            Some(scope) => Err(format!(
+                "identity {id} is outside cluster {}'s range {}..={}",
+                scope.cluster_id(),
+                scope.first(),
+                scope.last()
+            )),
+            None => Err("the cluster's id is not known".into()),
+        }
+    }
+
+    /// Takes `key = value`; returns whether the cache changed.
+    pub fn put(&mut self, key: &str, value: &[u8]) -> bool {
+        let Some(kind) = classify(&self.cluster, key) else {
+            return false;
+        };
+        let taken = match kind {
+            RemoteKey::Node(name) => KvNode::decode(key, value)
+                .map_err(|e| e.to_string())
+                .and_then(|node| match node.cluster == self.cluster {
+                    true => Ok(node),
+                    false => Err(format!(
+                        "{key}: node of cluster {:?} in cluster {:?}'s keys",
+                        node.cluster, self.cluster
+                    )),
+                })
+                .map(|node| self.nodes.insert(name.to_owned(), node).is_none()),
+            RemoteKey::Identity(id) => id
+                .parse::<u32>()
+                .map_err(|e| format!("{key}: {id:?} is not an identity: {e}"))
+                .and_then(|id| self.in_range(id).map(|()| id))
+                .and_then(|id| {
+                    let text = String::from_utf8_lossy(value);
+                    LabelSet::parse_kvstore(&text)
+                        .map_err(|e| format!("{key}: labels {text:?}: {e}"))
+                        .map(|labels| (id, labels))
+                })
+                .map(|(id, labels)| self.identities.insert(id, labels).is_none()),
+            RemoteKey::Ip(ip) => IpIdentityPair::decode(key, value)
+                .map_err(|e| e.to_string())
+                .and_then(|pair| self.in_range(pair.id).map(|()| pair))
+                .map(|pair| self.ips.insert(ip.to_owned(), pair).is_none()),
+            RemoteKey::Service(name) => ClusterService::decode(key, value)
+                .map_err(|e| e.to_string())
+                .and_then(|service| match service.cluster == self.cluster {
+                    true => Ok(service),
+                    false => Err(format!(
+                        "{key}: service of cluster {:?} in cluster {:?}'s keys",
+                        service.cluster, self.cluster
+                    )),
+                })
+                .map(|service| self.services.insert(name.to_owned(), service).is_none()),
+        };
+        match taken {
+            // An update of an existing key changes the cache as well.
+            Ok(_) => true,
+            Err(reason) => {
+                self.refuse(key, reason);
+                self.delete(key);
+                true
+            }
+        }
+    }
+
+    /// Removes `key`; returns whether the cache held it.
+    pub fn delete(&mut self, key: &str) -> bool {
+        match classify(&self.cluster, key) {
+            Some(RemoteKey::Node(name)) => self.nodes.remove(name).is_some(),
+            Some(RemoteKey::Identity(id)) => id
+                .parse::<u32>()
+                .is_ok_and(|id| self.identities.remove(&id).is_some()),
+            Some(RemoteKey::Ip(ip)) => self.ips.remove(ip).is_some(),
+            Some(RemoteKey::Service(name)) => self.services.remove(name).is_some(),
+            None => false,
+        }
+    }
+}
+
+/// Why a remote cluster's configuration is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cluster {name:?} has id 0 (not meshed); clusters of a mesh need ids 1..=255")]
+    NoId { name: String },
+    #[error("cluster {name:?} has id {id}, outside 1..=255")]
+    IdOutOfRange { name: String, id: u32 },
+    #[error("cluster {name:?} has this cluster's id {id}; cluster ids must be unique in the mesh")]
+    OwnId { name: String, id: u32 },
+    #[error("cluster {name:?} has id {id}, which cluster {other:?} already has")]
+    DuplicateId {
+        name: String,
+        id: u32,
+        other: String,
+    },
+    #[error(
+        "cluster {name:?} allows {remote} connected clusters, this one {MAX_CONNECTED_CLUSTERS}"
+    )]
+    MaxConnectedClusters { name: String, remote: u32 },
+}
+
+/// Whether remote cluster `name` with `config` may join this cluster (id `local_id`),
+/// which is already connected to `others` (name → id).
+pub fn check_config(
+    name: &str,
+    config: &ClusterConfig,
+    local_id: u8,
+    others: &BTreeMap<String, u32>,
+) -> Result<u8, ConfigError> {
+    let name_owned = || name.to_owned();
+    let id = match config.id {
+        0 => return Err(ConfigError::NoId { name: name_owned() }),
+        id => u8::try_from(id).map_err(|_| ConfigError::IdOutOfRange {
+            name: name_owned(),
+            id,
+        })?,
+    };
+    if id == local_id {
+        return Err(ConfigError::OwnId {
+            name: name_owned(),
+            id: config.id,
+        });
+    }
+    if let Some((other, _)) = others
+        .iter()
+        .find(|(other, other_id)| other.as_str() != name && **other_id == config.id)
+    {
+        return Err(ConfigError::DuplicateId {
+            name: name_owned(),
+            id: config.id,
+            other: other.clone(),
+        });
+    }
+    let max = config.capabilities.max_connected_clusters;
+    if max != 0 && max != MAX_CONNECTED_CLUSTERS {
+        return Err(ConfigError::MaxConnectedClusters {
+            name: name_owned(),
+            remote: max,
+        });
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use cilium_identity::Label;
+    use cilium_kvstore::keys;
+
+    use super::*;
+
+    const C2: u32 = 102 << 16;
+
+    fn pair(ip: &str, id: u32) -> Vec<u8> {
+        IpIdentityPair {
+            ip: ip.into(),
+            mask: None,
+            host_ip: "192.168.60.21".into(),
+            id,
+            key: 0,
+            metadata: String::new(),
+            k8s_namespace: "istio-space".into(),
+            k8s_pod_name: "employee".into(),
+        }
+        .encode()
+        .into_bytes()
+    }
+
+    #[test]
+    fn remote_values_are_taken_and_withdrawn_by_key() {
+        let mut cache = RemoteCache::new("cluster2", 102);
+        let labels: LabelSet = [Label::k8s("app", "employee")].into_iter().collect();
+        let id_key = keys::identity_id_key(NumericIdentity(C2 + 300));
+        assert!(cache.put(&id_key, labels.kvstore_string().as_bytes()));
+        let ip_key = keys::ip_key("cluster2", "10.211.0.5");
+        assert!(cache.put(&ip_key, &pair("10.211.0.5", C2 + 300)));
+        assert_eq!(cache.identities.get(&(C2 + 300)), Some(&labels));
+        assert_eq!(cache.ips["10.211.0.5"].id, C2 + 300);
+        // Keys the agent does not read, and other clusters' keys, are ignored.
+        assert!(!cache.put("cilium/.heartbeat", b"now"));
+        assert!(!cache.put(
+            &keys::ip_key("cluster3", "10.212.0.5"),
+            &pair("10.212.0.5", C2)
+        ));
+        assert!(cache.delete(&ip_key));
+        assert!(cache.ips.is_empty());
+        assert_eq!(cache.invalid, 0);
+    }
+
+    #[test]
+    fn values_a_cluster_may_not_send_are_refused_and_drop_the_old_value() {
+        let mut cache = RemoteCache::new("cluster2", 102);
+        let ip_key = keys::ip_key("cluster2", "10.211.0.5");
+        assert!(cache.put(&ip_key, &pair("10.211.0.5", C2 + 300)));
+        // Identity 300 is cluster 0's: cluster2 may not put its pods there.
+        assert!(cache.put(&ip_key, &pair("10.211.0.5", 300)));
+        assert!(cache.ips.is_empty(), "the stale value is not kept");
+        assert!(
+            cache
+                .last_invalid
+                .as_deref()
+                .unwrap_or("")
+                .contains("outside cluster 102")
+        );
+        cache.put(&ip_key, b"{not json");
+        let local_identity = keys::identity_id_key(NumericIdentity(101 << 16));
+        cache.put(&local_identity, b"k8s:app=x;");
+        cache.put(
+            &keys::identity_id_key(NumericIdentity(C2 + 1)),
+            b"no-source",
+        );
+        let node_of_other = r#"{"Name":"n","Cluster":"cluster9","IPAddresses":[],"IPv4AllocCIDR":null,"IPv6AllocCIDR":null,"IPv4HealthIP":"","IPv6HealthIP":"","ClusterID":9,"Source":"kvstore","EncryptionKey":0}"#;
+        cache.put(&keys::node_key("cluster2", "n"), node_of_other.as_bytes());
+        assert_eq!(cache.invalid, 5);
+        assert!(cache.identities.is_empty() && cache.nodes.is_empty());
+    }
+
+    #[test]
+    fn configs_with_a_taken_or_missing_id_are_refused() {
+        let others = BTreeMap::from([("cluster3".to_owned(), 103)]);
+        let config = |id| ClusterConfig::for_cluster(id);
+        assert_eq!(
+            check_config("cluster2", &config(102), 101, &others),
+            Ok(102)
+        );
+        assert!(matches!(
+            check_config("cluster2", &config(101), 101, &others),
+            Err(ConfigError::OwnId { .. })
+        ));
+        assert!(matches!(
+            check_config("cluster2", &config(103), 101, &others),
+            Err(ConfigError::DuplicateId { .. })
+        ));
+        // Its own earlier entry is not a duplicate.
+        let reconnect = BTreeMap::from([("cluster2".to_owned(), 102)]);
+        assert_eq!(
+            check_config("cluster2", &config(102), 101, &reconnect),
+            Ok(102)
+        );
+        assert!(matches!(
+            check_config("cluster2", &ClusterConfig::default(), 101, &others),
+            Err(ConfigError::NoId { .. })
+        ));
+        let mut wide = config(102);
+        wide.capabilities.max_connected_clusters = 511;
+        let err = check_config("cluster2", &wide, 101, &others).expect_err("511");
+        assert!(err.to_string().contains("511"), "{err}");
+        let mut big = config(1);
+        big.id = 300;
+        assert!(matches!(
+            check_config("cluster2", &big, 101, &others),
+            Err(ConfigError::IdOutOfRange { .. })
+        ));
+    }
+}

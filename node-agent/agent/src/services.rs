@@ -1,0 +1,194 @@
+//! The service list (`cilium service list`): every Service of this cluster with a cluster IP,
+//! its backends from its EndpointSlices and, for a global service, the backends every
+//! remote cluster that shares the same namespace/name publishes.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use cilium_agent_api::{BackendModel, ServiceAddress, ServiceModel};
+use cilium_kvstore::ClusterService;
+use cilium_kvstore::service::{SERVICE_NAME_LABEL, is_global};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+
+use crate::clustermesh::RemoteCache;
+
+fn addresses(published: &ClusterService, frontends: bool) -> Vec<ServiceAddress> {
+    let map = if frontends {
+        &published.frontends
+    } else {
+        &published.backends
+    };
+    let mut out: Vec<ServiceAddress> = map
+        .iter()
+        .filter_map(|(ip, ports)| Some((ip.parse::<IpAddr>().ok()?, ports)))
+        .flat_map(|(ip, ports)| {
+            ports.values().map(move |port| ServiceAddress {
+                ip,
+                port: port.port,
+                protocol: port.protocol.clone(),
+            })
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn backends(published: &ClusterService) -> impl Iterator<Item = BackendModel> + '_ {
+    addresses(published, false)
+        .into_iter()
+        .map(|address| BackendModel {
+            address,
+            cluster: published.cluster.clone(),
+        })
+}
+
+/// This cluster's (namespace, name) of every global service.
+pub fn local_global(services: &[Arc<Service>]) -> BTreeSet<(String, String)> {
+    services
+        .iter()
+        .filter(|s| is_global(s))
+        .map(|s| (s.namespace().unwrap_or_default(), s.name_any()))
+        .collect()
+}
+
+/// Every Service with a frontend, numbered from 1 in namespace/name order.
+pub fn service_list(
+    cluster: &str,
+    cluster_id: u8,
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    remote: &[Arc<RemoteCache>],
+) -> Vec<ServiceModel> {
+    let mut sorted: Vec<&Arc<Service>> = services.iter().collect();
+    sorted.sort_by_key(|s| (s.namespace(), s.name_any()));
+    let mut models = Vec::new();
+    for service in sorted {
+        let (namespace, name) = (service.namespace().unwrap_or_default(), service.name_any());
+        let own: Vec<&EndpointSlice> = slices
+            .iter()
+            .filter(|s| {
+                s.namespace().as_deref() == Some(namespace.as_str())
+                    && s.labels().get(SERVICE_NAME_LABEL) == Some(&name)
+            })
+            .map(Arc::as_ref)
+            .collect();
+        let local = ClusterService::from_k8s(cluster, cluster_id, service, &own);
+        let frontends = addresses(&local, true);
+        if frontends.is_empty() {
+            continue;
+        }
+        let global = is_global(service);
+        let mut all_backends: Vec<BackendModel> = backends(&local).collect();
+        if global {
+            let key = format!("{namespace}/{name}");
+            let shared = remote
+                .iter()
+                .filter_map(|cache| cache.services.get(&key))
+                .filter(|published| published.shared);
+            for published in shared {
+                all_backends.extend(backends(published));
+            }
+        }
+        models.push(ServiceModel {
+            id: u32::try_from(models.len() + 1).unwrap_or(u32::MAX),
+            namespace,
+            name,
+            service_type: service
+                .spec
+                .as_ref()
+                .and_then(|s| s.type_.clone())
+                .unwrap_or_else(|| "ClusterIP".into()),
+            global,
+            frontends,
+            backends: all_backends,
+        });
+    }
+    models
+}
+
+#[cfg(test)]
+mod tests {
+    use cilium_kvstore::keys;
+
+    use super::*;
+
+    fn service(name: &str, global: bool) -> Arc<Service> {
+        let annotations = global.then(|| serde_json::json!({"io.cilium/global-service": "true"}));
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+                "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "redis", "port": 6379}]},
+            }))
+            .expect("service"),
+        )
+    }
+
+    fn slice(service: &str, ip: &str) -> Arc<EndpointSlice> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("{service}-1"), "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": service}},
+                "addressType": "IPv4",
+                "ports": [{"name": "redis", "port": 6379, "protocol": "TCP"}],
+                "endpoints": [{"addresses": [ip]}],
+            }))
+            .expect("slice"),
+        )
+    }
+
+    fn remote_with(service: &str, ip: &str, shared: bool) -> Arc<RemoteCache> {
+        let mut cache = RemoteCache::new("cluster2", 102);
+        let mut published = ClusterService::from_k8s(
+            "cluster2",
+            102,
+            &service_ref(service),
+            &[slice(service, ip).as_ref()],
+        );
+        published.shared = shared;
+        cache.put(
+            &keys::service_key("cluster2", "default", service),
+            published.encode().as_bytes(),
+        );
+        Arc::new(cache)
+    }
+
+    fn service_ref(name: &str) -> Service {
+        (*service(name, true)).clone()
+    }
+
+    #[test]
+    fn global_services_get_the_backends_of_every_cluster() {
+        let services = [service("db", true), service("web", false)];
+        let slices = [slice("db", "10.210.0.5"), slice("web", "10.210.0.9")];
+        let remote = [
+            remote_with("db", "10.211.0.5", true),
+            remote_with("web", "10.211.0.9", true),
+        ];
+        let list = service_list("cluster1", 101, &services, &slices, &remote);
+        assert_eq!(list.len(), 2);
+        let db = &list[0];
+        assert!(db.global);
+        assert_eq!(db.frontends[0].to_string(), "10.96.0.20:6379/TCP");
+        let backends: Vec<(String, &str)> = db
+            .backends
+            .iter()
+            .map(|b| (b.address.to_string(), b.cluster.as_str()))
+            .collect();
+        assert_eq!(
+            backends,
+            [
+                ("10.210.0.5:6379/TCP".to_owned(), "cluster1"),
+                ("10.211.0.5:6379/TCP".to_owned(), "cluster2")
+            ]
+        );
+        assert_eq!(list[1].backends.len(), 1, "web is not global here");
+        let unshared = [remote_with("db", "10.211.0.5", false)];
+        let list = service_list("cluster1", 101, &services, &slices, &unshared);
+        assert_eq!(list[0].backends.len(), 1, "cluster2 does not share its db");
+        assert_eq!(local_global(&services).len(), 1);
+    }
+}
