@@ -3,10 +3,17 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use std::borrow::Cow;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::ListParams;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Resource};
+use kube::{Api, Client, Resource};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 /// Wakes a controller when something it reads changed. Notify keeps one permit, so bursts
@@ -41,25 +48,151 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    // managedFields are often the largest part of an object and never read here.
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, config.page_size(PAGE_SIZE))
-            .default_backoff()
-            .modify(|object| object.meta_mut().managed_fields = None),
-    );
+    tokio::spawn(drive(writer, watch(api, config), wakers));
+    reader
+}
+
+/// The watch of `api`, listed in pages, with backoff, without managedFields (often the
+/// largest part of an object and never read here).
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, config.page_size(PAGE_SIZE))
+        .default_backoff()
+        .modify(|object| object.meta_mut().managed_fields = None)
+}
+
+/// Writes `events` into the store of `writer`, waking `wakers` on each.
+async fn drive<K>(
+    writer: reflector::store::Writer<K>,
+    events: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send,
+    wakers: Vec<Waker>,
+) where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    reflector::reflector(writer, events)
+        .for_each(|event| {
+            if let Err(e) = event {
+                tracing::warn!(kind = %K::kind(&()), error = %e, "watch error; retrying");
+            }
+            for waker in &wakers {
+                waker.wake();
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+/// EndpointSlices of every namespace, from `discovery.k8s.io/v1` or, on an apiserver
+/// older than 1.21 that does not serve it, from `v1beta1` (as Cilium falls back); the
+/// fields read here are the same in both.
+pub fn reflect_endpoint_slices(client: &Client, wakers: Vec<Waker>) -> Store<EndpointSlice> {
+    let (reader, writer) = reflector::store();
+    let client = client.clone();
     tokio::spawn(async move {
-        stream
-            .for_each(|event| {
-                if let Err(e) = event {
-                    tracing::warn!(kind = %K::kind(&()), error = %e, "watch error; retrying");
-                }
-                for waker in &wakers {
-                    waker.wake();
-                }
-                futures::future::ready(())
-            })
-            .await;
+        let v1: Api<EndpointSlice> = Api::all(client.clone());
+        let probe = v1.list(&ListParams::default().limit(1)).await;
+        if matches!(probe, Err(kube::Error::Api(ref s)) if s.code == 404) {
+            tracing::info!("the apiserver serves EndpointSlices as discovery.k8s.io/v1beta1");
+            let legacy: Api<EndpointSliceV1Beta1> = Api::all(client);
+            let events = watch(legacy, watcher::Config::default()).map(|event| {
+                event.map(|event| match event {
+                    watcher::Event::Apply(slice) => watcher::Event::Apply(slice.into()),
+                    watcher::Event::Delete(slice) => watcher::Event::Delete(slice.into()),
+                    watcher::Event::Init => watcher::Event::Init,
+                    watcher::Event::InitApply(slice) => watcher::Event::InitApply(slice.into()),
+                    watcher::Event::InitDone => watcher::Event::InitDone,
+                })
+            });
+            drive(writer, events, wakers).await;
+        } else {
+            drive(writer, watch(v1, watcher::Config::default()), wakers).await;
+        }
     });
     reader
+}
+
+/// `discovery.k8s.io/v1beta1` EndpointSlice, the fields v1 kept (`topology` is dropped).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSliceV1Beta1 {
+    pub metadata: ObjectMeta,
+    pub address_type: String,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    pub ports: Option<Vec<EndpointPort>>,
+}
+
+impl From<EndpointSliceV1Beta1> for EndpointSlice {
+    fn from(legacy: EndpointSliceV1Beta1) -> Self {
+        EndpointSlice {
+            metadata: legacy.metadata,
+            address_type: legacy.address_type,
+            endpoints: legacy.endpoints,
+            ports: legacy.ports,
+        }
+    }
+}
+
+impl Resource for EndpointSliceV1Beta1 {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "EndpointSlice".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "discovery.k8s.io".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1beta1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "endpointslices".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_v1beta1_slice_reads_as_v1() {
+        let legacy: EndpointSliceV1Beta1 = serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+            "metadata": {"name": "db-1", "namespace": "default"},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.210.0.5"], "conditions": {"ready": true},
+                           "topology": {"kubernetes.io/hostname": "node-1"}}],
+            "ports": [{"name": "redis", "port": 6379, "protocol": "TCP"}],
+        }))
+        .expect("v1beta1 JSON");
+        let slice = EndpointSlice::from(legacy);
+        assert_eq!(slice.endpoints[0].addresses, ["10.210.0.5"]);
+        assert_eq!(
+            slice.endpoints[0].conditions.as_ref().and_then(|c| c.ready),
+            Some(true)
+        );
+        assert_eq!(slice.ports.as_ref().map(|p| p[0].port), Some(Some(6379)));
+        assert_eq!(
+            EndpointSliceV1Beta1::api_version(&()),
+            "discovery.k8s.io/v1beta1"
+        );
+    }
 }

@@ -137,7 +137,7 @@ pub struct AgentNode {
     starts: u32,
     /// Flags after the ones naming this node's paths (e.g. the kvstore's).
     flags: Vec<String>,
-    _relays: [Relay; 2],
+    _relays: Vec<Relay>,
 }
 
 impl AgentNode {
@@ -213,6 +213,24 @@ impl AgentNode {
             .as_ref()
             .map(|a| a.log_tail(40))
             .unwrap_or_default()
+    }
+
+    /// `cilium -H <this node's socket> <args>`: its stdout, or an error with its stderr.
+    pub fn cilium(&self, args: &[&str]) -> Result<String, Error> {
+        let output = std::process::Command::new(built_binary("cilium")?)
+            .arg("-H")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .map_err(|e| Error::io("run cilium", e))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(Error::Command {
+                command: format!("cilium {}", args.join(" ")),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            })
+        }
     }
 
     /// `cilium-cni` in this node's namespace with the `CNI_*` variables of `env` and `stdin`.
@@ -370,7 +388,7 @@ pub fn agent_request(socket: &Path, method: &str, path: &str, body: &str) -> Opt
 pub struct Cluster {
     pub nodes: Vec<AgentNode>,
     pub operator: OperatorProcess,
-    lan: Lan,
+    lan: Arc<Lan>,
     pub bed: ClusterBed,
 }
 
@@ -385,6 +403,14 @@ pub struct Setup {
     /// Kubeconfigs of the operator and the agents (default: the bed's admin).
     pub operator_kubeconfig: Option<PathBuf>,
     pub agent_kubeconfig: Option<PathBuf>,
+    /// The link the nodes are plugged into (default: one of the cluster's own); clusters
+    /// of a mesh share one.
+    pub lan: Option<Arc<Lan>>,
+    /// Host part of the first node's address on the link (`LAN_PREFIX.<n>`).
+    pub first_address: u8,
+    /// Host ports relayed into every node besides the apiserver's and etcd's (e.g. the
+    /// kvstores of a mesh).
+    pub relay_ports: Vec<u16>,
 }
 
 impl Setup {
@@ -408,6 +434,9 @@ impl Setup {
             agent_flags: vec![etcd],
             operator_kubeconfig: None,
             agent_kubeconfig: None,
+            lan: None,
+            first_address: 11,
+            relay_ports: Vec::new(),
         }
     }
 }
@@ -435,7 +464,10 @@ impl Cluster {
             &setup.operator_namespace,
             &flags,
         )?;
-        let lan = Lan::new()?;
+        let lan = match &setup.lan {
+            Some(lan) => lan.clone(),
+            None => Arc::new(Lan::new()?),
+        };
         let port_of = |url: String| {
             url.rsplit(':')
                 .next()
@@ -449,17 +481,26 @@ impl Cluster {
             let index = u8::try_from(i).map_err(|_| Error::Setup("too many nodes".into()))?;
             let name = format!("node-{}", i + 1);
             let [a, b, c] = LAN_PREFIX;
-            let ip = Ipv4Addr::new(a, b, c, 11 + index);
+            let host = setup
+                .first_address
+                .checked_add(index)
+                .ok_or_else(|| Error::Setup("too many nodes for the link".into()))?;
+            let ip = Ipv4Addr::new(a, b, c, host);
             let ns = netns::node()?;
-            lan.plug(&ns, &format!("port{}", i + 1), ip)?;
+            // Named by address: unique on a link several clusters share.
+            lan.plug(&ns, &format!("port{host}"), ip)?;
             register_node(&bed, &name, ip)?;
             let dir = bed.dir().join(&name);
             std::fs::create_dir_all(&dir).map_err(|e| Error::io("node directory", e))?;
+            let mut relays = Vec::new();
+            for port in [apiserver_port, etcd_port]
+                .into_iter()
+                .chain(setup.relay_ports.iter().copied())
+            {
+                relays.push(Relay::start(&ns, port)?);
+            }
             let mut node = AgentNode {
-                _relays: [
-                    Relay::start(&ns, apiserver_port)?,
-                    Relay::start(&ns, etcd_port)?,
-                ],
+                _relays: relays,
                 flags: setup.agent_flags.clone(),
                 name,
                 ns,

@@ -10,6 +10,7 @@ mod bed;
 pub mod chart;
 pub mod cluster;
 mod etcd;
+pub mod mesh;
 pub mod netns;
 pub mod operator;
 pub mod pki;

@@ -341,6 +341,7 @@ fn operator_and_agents_work_with_the_charts_rbac_and_config() {
         agent_flags: vec![config_flag, etcd_flag],
         operator_kubeconfig: Some(operator_kubeconfig),
         agent_kubeconfig: Some(agent_kubeconfig),
+        ..Setup::standard(&bed, 2)
     };
     let mut cluster = Cluster::start_on(bed, setup).expect("cluster with the chart's RBAC");
     let bed = &cluster.bed;

@@ -74,9 +74,8 @@ impl Caches {
                 watcher::Config::default(),
                 vec![mirror.clone()],
             ),
-            endpoint_slices: reflect(
-                Api::all(client.clone()),
-                watcher::Config::default(),
+            endpoint_slices: cilium_crds::cache::reflect_endpoint_slices(
+                client,
                 vec![mirror.clone()],
             ),
         }

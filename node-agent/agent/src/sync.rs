@@ -65,7 +65,7 @@ impl Caches {
             ccnps: reflect(Api::all(client.clone()), all(), wake()),
             // Services change nothing the reconciler writes: only the API reads them.
             services: reflect(Api::all(client.clone()), all(), vec![]),
-            endpoint_slices: reflect(Api::all(client.clone()), all(), vec![]),
+            endpoint_slices: cilium_crds::cache::reflect_endpoint_slices(client, vec![]),
         }
     }
 
