@@ -2,7 +2,7 @@
 # kube-apiserver, formatting and lints) and installs what it needs first.
 CARGO ?= cargo
 
-.PHONY: all deps build test unit e2e bench lint lint-chart crds cluster-in-a-box demo image clean
+.PHONY: all deps build test unit e2e bench lint lint-chart crds cluster-in-a-box demo demo-clustermesh image clean
 
 all: build
 
@@ -64,6 +64,11 @@ cluster-in-a-box: deps
 demo: deps
 	$(CARGO) build -q --workspace --bins
 	./target/debug/demo $(DEMO_FLAGS)
+
+## demo-clustermesh: two meshed clusters-in-a-box, the clustermesh document's scenario; DEMO_FLAGS=--exit stops after printing
+demo-clustermesh: deps
+	$(CARGO) build -q --workspace --bins
+	./target/debug/demo-clustermesh $(DEMO_FLAGS)
 
 clean:
 	$(CARGO) clean

@@ -64,3 +64,26 @@ pub fn echoes(stream: &mut TcpStream) -> bool {
 pub fn reaches(ns: &NetNs, to: impl Into<IpAddr>, port: u16) -> bool {
     connect(ns, to, port).is_ok_and(|mut s| echoes(&mut s))
 }
+
+/// Prints whether each of `clients` reaches `target` on `port`, one line each, as the
+/// demos show it (`<namespace>/<name> (<ip>) -> <target>:<port>  connects|times out`).
+pub fn print_reachability(
+    title: &str,
+    target: &crate::cluster::CniPod,
+    port: u16,
+    clients: &[&crate::cluster::CniPod],
+) {
+    println!("\n{title}");
+    for client in clients {
+        let verdict = if reaches(&client.ns, target.ip, port) {
+            "connects"
+        } else {
+            "times out"
+        };
+        println!(
+            "  {:<28} -> {}:{port}  {verdict}",
+            format!("{}/{} ({})", client.namespace, client.name, client.ip),
+            target.name
+        );
+    }
+}

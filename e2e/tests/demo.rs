@@ -61,3 +61,49 @@ fn the_demo_shows_the_policy_taking_effect() {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }
 }
+
+/// `make demo-clustermesh`: both clusters ready, remote nodes listed, the verdicts of the
+/// document's policy across clusters, and the global service's backends from both.
+#[test]
+fn the_clustermesh_demo_shows_the_mesh() {
+    let output = Command::new(env!("CARGO_BIN_EXE_demo-clustermesh"))
+        .arg("--exit")
+        .output()
+        .expect("the demo runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (_, after) = text
+        .split_once("with the policy:")
+        .expect("the matrix with the policy is printed");
+    let verdict = |who: &str| {
+        after
+            .lines()
+            .find(|l| l.trim_start().starts_with(who))
+            .map(|l| l.trim_end().to_owned())
+            .unwrap_or_default()
+    };
+    assert!(verdict("default/employee").ends_with("connects"), "{text}");
+    assert!(
+        verdict("istio-space/employee").ends_with("connects"),
+        "{text}"
+    );
+    assert!(verdict("default/stranger").ends_with("times out"), "{text}");
+    assert!(
+        verdict("istio-space/stranger").ends_with("times out"),
+        "{text}"
+    );
+    for expected in [
+        "ClusterMesh:            1/1 clusters ready",
+        "   cluster2: ready, 1 nodes",
+        "cluster2/node-1",
+        "ClusterIP (global)",
+        "(cluster2)",
+        "\"cluster\":\"cluster2\"",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing:\n{text}");
+    }
+}

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::cluster::{Cluster, CniPod, app_labels};
-use e2e::traffic::{reaches, serve_echo};
+use e2e::cluster::{Cluster, app_labels};
+use e2e::traffic::{print_reachability, reaches, serve_echo};
 
 const REDIS: u16 = 6379;
 
@@ -21,21 +21,6 @@ fn main() -> std::process::ExitCode {
             eprintln!("demo: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-fn matrix(title: &str, db: &CniPod, clients: &[&CniPod]) {
-    println!("\n{title}");
-    for client in clients {
-        let verdict = if reaches(&client.ns, db.ip, REDIS) {
-            "connects"
-        } else {
-            "times out"
-        };
-        println!(
-            "  {:<28} -> protected-db:{REDIS}  {verdict}",
-            format!("{}/{} ({})", client.namespace, client.name, client.ip)
-        );
     }
 }
 
@@ -59,7 +44,7 @@ fn run(exit_at_once: bool) -> anyhow::Result<()> {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    matrix("before any policy:", &db, &clients);
+    print_reachability("before any policy:", &db, REDIS, &clients);
 
     let policy =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/policies/protected-db.yaml");
@@ -72,7 +57,7 @@ fn run(exit_at_once: bool) -> anyhow::Result<()> {
     while reaches(&stranger.ns, db.ip, REDIS) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    matrix("with the policy:", &db, &clients);
+    print_reachability("with the policy:", &db, REDIS, &clients);
 
     for args in [
         vec!["get", "ciliumnodes"],

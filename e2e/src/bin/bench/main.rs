@@ -1,8 +1,9 @@
 //! `make bench`: the speed and memory numbers of the issues, printed, never asserted (the
 //! machines are shared and noisy). Runs on its own cluster-in-a-box with release binaries.
 //!
-//! `bench [podcidr] [identity] [cni] [policy] [datapath]` runs the named benchmarks (all when none is named).
+//! `bench [podcidr] [identity] [cni] [policy] [datapath] [clustermesh]` runs the named benchmarks (all when none is named).
 
+mod clustermesh;
 mod cni;
 mod datapath;
 mod identity;
@@ -37,6 +38,9 @@ fn main() -> ExitCode {
     }
     if runs("datapath") {
         report("datapath", datapath::run(), &mut failed);
+    }
+    if runs("clustermesh") {
+        report("clustermesh", clustermesh::run(&runtime), &mut failed);
     }
     if failed {
         ExitCode::FAILURE
