@@ -468,14 +468,8 @@ impl Cluster {
             Some(lan) => lan.clone(),
             None => Arc::new(Lan::new()?),
         };
-        let port_of = |url: String| {
-            url.rsplit(':')
-                .next()
-                .and_then(|p| p.parse::<u16>().ok())
-                .ok_or_else(|| Error::Setup(format!("{url} has no port")))
-        };
-        let apiserver_port = port_of(bed.apiserver_url())?;
-        let etcd_port = port_of(bed.etcd_endpoint().to_owned())?;
+        let apiserver_port = port_of(&bed.apiserver_url())?;
+        let etcd_port = port_of(bed.etcd_endpoint())?;
         let mut nodes = Vec::new();
         for i in 0..setup.nodes {
             let index = u8::try_from(i).map_err(|_| Error::Setup("too many nodes".into()))?;
@@ -589,6 +583,14 @@ impl Cluster {
         )?;
         Ok(cidr.trim().to_owned())
     }
+}
+
+/// The port of a URL such as `https://127.0.0.1:2379`.
+pub fn port_of(url: &str) -> Result<u16, Error> {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| Error::Setup(format!("{url} has no port")))
 }
 
 /// The labels of a test pod: `app=<app>`.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::cluster::{Cluster, Lan, Setup};
+use crate::cluster::{Cluster, Lan, Setup, port_of};
 use crate::etcd::EtcdTls;
 use crate::operator::FAST_LEASE;
 use crate::pki::Authority;
@@ -44,7 +44,7 @@ pub struct Mesh {
 }
 
 /// Cilium's etcd config file for `endpoint` with `tls`'s CA and client certificate.
-fn etcd_config(endpoint: &str, tls: &EtcdTls) -> String {
+pub fn etcd_config(endpoint: &str, tls: &EtcdTls) -> String {
     format!(
         "endpoints:\n- {endpoint}\nca-file: {}\ncert-file: {}\nkey-file: {}\n",
         tls.ca.display(),
@@ -146,11 +146,34 @@ impl Mesh {
     }
 }
 
-fn port_of(url: &str) -> Result<u16, Error> {
-    url.rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| Error::Setup(format!("{url} has no port")))
+/// A global `protected-db` Service in `default` and the EndpointSlice the
+/// controller-manager would write for it with `backend` (the bed runs no
+/// controller-manager; its apiserver, 1.20, serves EndpointSlices as v1beta1).
+pub fn global_service(
+    bed: &ClusterBed,
+    backend: std::net::Ipv4Addr,
+    port: u16,
+) -> Result<(), Error> {
+    let ports = serde_json::json!([{"name": "redis", "port": port, "protocol": "TCP"}]);
+    let objects = [
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "protected-db", "namespace": "default",
+                         "annotations": {"io.cilium/global-service": "true"}},
+            "spec": {"selector": {"app": "protected-db"}, "ports": ports},
+        }),
+        serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+            "metadata": {"name": "protected-db-1", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "protected-db"}},
+            "addressType": "IPv4", "ports": ports,
+            "endpoints": [{"addresses": [backend.to_string()], "conditions": {"ready": true}}],
+        }),
+    ];
+    for object in objects {
+        bed.kubectl_run(&["apply", "-f", "-"], Some(&object.to_string()))?;
+    }
+    Ok(())
 }
 
 impl Drop for Mesh {

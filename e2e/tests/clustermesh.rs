@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use e2e::cluster::{AgentNode, CniPod, app_labels};
-use e2e::mesh::{Member, Mesh};
+use e2e::mesh::{Member, Mesh, global_service};
 use e2e::traffic::{reaches, serve_echo};
-use e2e::{ClusterBed, wait_for};
+use e2e::wait_for;
 use serde_json::Value;
 
 const REDIS: u16 = 6379;
@@ -58,38 +58,6 @@ fn remote(node: &AgentNode, name: &str) -> Option<Value> {
 fn ready_with_endpoints(node: &AgentNode, name: &str, endpoints: u64) -> Option<Value> {
     remote(node, name)
         .filter(|c| c["ready"] == true && c["num-endpoints"].as_u64() >= Some(endpoints))
-}
-
-fn apply(bed: &ClusterBed, object: &Value) {
-    bed.kubectl_run(&["apply", "-f", "-"], Some(&object.to_string()))
-        .expect("kubectl apply");
-}
-
-/// A global `protected-db` Service and the EndpointSlice the controller-manager would
-/// write for it (the bed runs no controller-manager; its apiserver, 1.20, serves
-/// EndpointSlices as v1beta1).
-fn global_service(bed: &ClusterBed, backend: Ipv4Addr) {
-    let ports = serde_json::json!([{"name": "redis", "port": REDIS, "protocol": "TCP"}]);
-    apply(
-        bed,
-        &serde_json::json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "protected-db", "namespace": "default",
-                         "annotations": {"io.cilium/global-service": "true"}},
-            "spec": {"selector": {"app": "protected-db"}, "ports": ports},
-        }),
-    );
-    apply(
-        bed,
-        &serde_json::json!({
-            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
-            "metadata": {"name": "protected-db-1", "namespace": "default",
-                         "labels": {"kubernetes.io/service-name": "protected-db"}},
-            "addressType": "IPv4",
-            "ports": ports,
-            "endpoints": [{"addresses": [backend.to_string()], "conditions": {"ready": true}}],
-        }),
-    );
 }
 
 fn identity_of(member: &Member, namespace: &str, pod: &str) -> u64 {
@@ -224,15 +192,53 @@ fn two_clusters_share_endpoints_identities_policy_and_services() {
             &forged.to_string(),
         ])
         .expect("etcdctl put");
-    wait_for("the forged value is refused", SETTLE, || {
+    let refused = wait_for("the forged value is refused", SETTLE, || {
         remote(n1, "cluster2").filter(|c| c["num-invalid-values"].as_u64() >= Some(1))
     });
+    assert!(
+        refused["last-invalid-value"]
+            .as_str()
+            .is_some_and(|r| r.contains("identity 300 is outside cluster 102's range")),
+        "{refused}"
+    );
     let ipcache = n1.cilium(&["bpf", "ipcache", "list"]).expect("ipcache");
     assert!(!ipcache.contains("10.211.3.3"), "{ipcache}");
 
+    // A cluster claiming cluster1's own id, then cluster2's, is refused and reported.
+    let kvstore2 = c2.kvstore().endpoint();
+    for (id, says) in [
+        (101, "has this cluster's id 101"),
+        (102, "has id 102, which cluster \"cluster2\" already has"),
+    ] {
+        c2.kvstore()
+            .etcdctl(&[
+                "put",
+                "cilium/cluster-config/cluster3",
+                &format!(r#"{{"id":{id}}}"#),
+            ])
+            .expect("etcdctl put");
+        if id == 101 {
+            // cluster3's file points at cluster2's kvstore, where its config now is.
+            let config = std::fs::read_to_string(c1.mesh_dir.join("cluster2")).expect("config");
+            assert!(config.contains(&kvstore2));
+            std::fs::write(c1.mesh_dir.join("cluster3"), config).expect("cluster3's file");
+        }
+        wait_for(says, SETTLE, || {
+            remote(n1, "cluster3").filter(|c| {
+                c["ready"] == false && c["status"].as_str().is_some_and(|s| s.contains(says))
+            })
+        });
+    }
+    std::fs::remove_file(c1.mesh_dir.join("cluster3")).expect("remove cluster3's file");
+    assert_eq!(
+        remote(n1, "cluster2").map(|c| c["ready"].clone()),
+        Some(Value::Bool(true)),
+        "cluster2 is not disturbed"
+    );
+
     // A global service: backends of both clusters, in the kvstore and in the CLI.
-    global_service(bed1, db.ip);
-    global_service(bed2, db2.ip);
+    global_service(bed1, db.ip, REDIS).expect("cluster1's service");
+    global_service(bed2, db2.ip, REDIS).expect("cluster2's service");
     let published = wait_for("cluster2 publishes its global service", SETTLE, || {
         c2.kvstore()
             .etcdctl(&[

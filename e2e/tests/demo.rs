@@ -3,18 +3,24 @@
 
 use std::process::Command;
 
-#[test]
-fn the_demo_shows_the_policy_taking_effect() {
-    let output = Command::new(env!("CARGO_BIN_EXE_demo"))
+/// What demo `binary --exit` prints; it must succeed.
+fn run_to_exit(binary: &str) -> String {
+    let output = Command::new(binary)
         .arg("--exit")
         .output()
         .expect("the demo runs");
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{text}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    text
+}
+
+#[test]
+fn the_demo_shows_the_policy_taking_effect() {
+    let text = run_to_exit(env!("CARGO_BIN_EXE_demo"));
     let (before, after) = text
         .split_once("with the policy:")
         .expect("both matrices are printed");
@@ -66,16 +72,7 @@ fn the_demo_shows_the_policy_taking_effect() {
 /// document's policy across clusters, and the global service's backends from both.
 #[test]
 fn the_clustermesh_demo_shows_the_mesh() {
-    let output = Command::new(env!("CARGO_BIN_EXE_demo-clustermesh"))
-        .arg("--exit")
-        .output()
-        .expect("the demo runs");
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = run_to_exit(env!("CARGO_BIN_EXE_demo-clustermesh"));
     let (_, after) = text
         .split_once("with the policy:")
         .expect("the matrix with the policy is printed");

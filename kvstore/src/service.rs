@@ -61,6 +61,44 @@ pub fn is_global(service: &Service) -> bool {
     annotation_is_true(service, GLOBAL_SERVICE_ANNOTATION) == Some(true)
 }
 
+/// A port of a Service or an EndpointSlice as (name, L4Addr); TCP when no protocol is
+/// given, as in Kubernetes.
+fn named_port(
+    name: &Option<String>,
+    protocol: &Option<String>,
+    port: Option<i32>,
+) -> Option<(String, L4Addr)> {
+    Some((
+        name.clone().unwrap_or_default(),
+        L4Addr {
+            protocol: protocol.clone().unwrap_or_else(|| "TCP".into()),
+            port: u16::try_from(port?).ok()?,
+        },
+    ))
+}
+
+/// The EndpointSlices of `service`: in its namespace, labelled with its name.
+pub fn slices_of<'a>(
+    service: &Service,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> Vec<&'a EndpointSlice> {
+    let namespace = service.metadata.namespace.as_deref();
+    let name = service.metadata.name.as_deref();
+    slices
+        .into_iter()
+        .filter(|slice| {
+            slice.metadata.namespace.as_deref() == namespace
+                && slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                    .map(String::as_str)
+                    == name
+        })
+        .collect()
+}
+
 impl ClusterService {
     /// What cluster `cluster` publishes of a global `service`: its cluster IPs and ports,
     /// and the ready addresses of `slices` (those labelled with the service's name).
@@ -78,15 +116,7 @@ impl ClusterService {
             .ports
             .iter()
             .flatten()
-            .filter_map(|port| {
-                Some((
-                    port.name.clone().unwrap_or_default(),
-                    L4Addr {
-                        protocol: port.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                        port: u16::try_from(port.port).ok()?,
-                    },
-                ))
-            })
+            .filter_map(|port| named_port(&port.name, &port.protocol, Some(port.port)))
             .collect();
         let cluster_ips = spec.cluster_ips.clone().unwrap_or_default();
         for ip in cluster_ips.iter().chain(spec.cluster_ip.iter()) {
@@ -100,15 +130,7 @@ impl ClusterService {
                 .ports
                 .iter()
                 .flatten()
-                .filter_map(|port| {
-                    Some((
-                        port.name.clone().unwrap_or_default(),
-                        L4Addr {
-                            protocol: port.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                            port: u16::try_from(port.port?).ok()?,
-                        },
-                    ))
-                })
+                .filter_map(|port| named_port(&port.name, &port.protocol, port.port))
                 .collect();
             for endpoint in &slice.endpoints {
                 // Kubernetes: a missing `ready` means ready.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use cilium_crds::{CiliumEndpoint, CiliumIdentity, CiliumNode};
 use cilium_identity::{ClusterScope, NumericIdentity};
 use cilium_kvstore::keys::{self, IDENTITIES_PREFIX, IP_PREFIX, NODES_PREFIX, SERVICES_PREFIX};
-use cilium_kvstore::service::{self, SERVICE_NAME_LABEL};
+use cilium_kvstore::service;
 use cilium_kvstore::sync::{LeasedClient, plan, rewrite};
 use cilium_kvstore::{
     ClusterConfig, ClusterService, DecodeError, EtcdConfig, EtcdError, IpIdentityPair, KvNode,
@@ -244,14 +244,7 @@ pub fn global_services(
     let mut state = BTreeMap::new();
     for svc in services.iter().filter(|s| service::is_global(s)) {
         let (namespace, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
-        let own: Vec<&EndpointSlice> = slices
-            .iter()
-            .filter(|slice| {
-                slice.namespace().as_deref() == Some(namespace.as_str())
-                    && slice.labels().get(SERVICE_NAME_LABEL) == Some(&name)
-            })
-            .map(Arc::as_ref)
-            .collect();
+        let own = service::slices_of(svc, slices.iter().map(Arc::as_ref));
         let published = ClusterService::from_k8s(cluster, cluster_id, svc, &own);
         state.insert(
             keys::service_key(cluster, &namespace, &name),

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use e2e::cluster::{AgentNode, app_labels};
-use e2e::mesh::Mesh;
+use e2e::mesh::{Mesh, global_service};
 use e2e::traffic::{print_reachability, reaches, serve_echo};
 
 const REDIS: u16 = 6379;
@@ -38,30 +38,6 @@ fn until(what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
 fn show(node: &AgentNode, cluster: &str, args: &[&str]) -> anyhow::Result<()> {
     println!("\n({cluster} {}) $ cilium {}", node.name, args.join(" "));
     print!("{}", node.cilium(args)?);
-    Ok(())
-}
-
-/// A global Service and the EndpointSlice a controller-manager would write for it.
-fn global_service(bed: &e2e::ClusterBed, backend: std::net::Ipv4Addr) -> anyhow::Result<()> {
-    let ports = serde_json::json!([{"name": "redis", "port": REDIS, "protocol": "TCP"}]);
-    let objects = [
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "protected-db", "namespace": "default",
-                         "annotations": {"io.cilium/global-service": "true"}},
-            "spec": {"selector": {"app": "protected-db"}, "ports": ports},
-        }),
-        serde_json::json!({
-            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
-            "metadata": {"name": "protected-db-1", "namespace": "default",
-                         "labels": {"kubernetes.io/service-name": "protected-db"}},
-            "addressType": "IPv4", "ports": ports,
-            "endpoints": [{"addresses": [backend.to_string()], "conditions": {"ready": true}}],
-        }),
-    ];
-    for object in objects {
-        bed.kubectl_run(&["apply", "-f", "-"], Some(&object.to_string()))?;
-    }
     Ok(())
 }
 
@@ -123,8 +99,8 @@ fn run(exit_at_once: bool) -> anyhow::Result<()> {
     println!(
         "\nannotating Service default/protected-db io.cilium/global-service=true in both clusters"
     );
-    global_service(bed1, db.ip)?;
-    global_service(bed2, db2.ip)?;
+    global_service(bed1, db.ip, REDIS)?;
+    global_service(bed2, db2.ip, REDIS)?;
     until("the global service", || {
         n1.cilium(&["service", "list"])
             .is_ok_and(|s| s.contains(&db2.ip.to_string()))

@@ -264,22 +264,9 @@ pub(crate) mod tests {
         let node_ip: IpAddr = "192.168.60.11".parse().expect("ip");
         let mut cluster2 = RemoteCache::new("cluster2", 102);
         let c2 = 102 << 16;
-        let pair = |ip: &str, id: u32| {
-            cilium_kvstore::IpIdentityPair {
-                ip: ip.into(),
-                mask: None,
-                host_ip: "192.168.60.21".into(),
-                id,
-                key: 0,
-                metadata: String::new(),
-                k8s_namespace: "istio-space".into(),
-                k8s_pod_name: "employee".into(),
-            }
-            .encode()
-        };
         for (ip, id) in [("10.211.0.5", c2 + 300), ("10.210.0.7", c2 + 301)] {
             let key = cilium_kvstore::keys::ip_key("cluster2", ip);
-            cluster2.put(&key, pair(ip, id).as_bytes());
+            cluster2.put(&key, &crate::clustermesh::cache::tests::pair(ip, id));
         }
         let remote_node = cilium_kvstore::KvNode::from_cilium_node(
             "cluster2",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use cilium_agent_api::{BackendModel, ServiceAddress, ServiceModel};
 use cilium_kvstore::ClusterService;
-use cilium_kvstore::service::{SERVICE_NAME_LABEL, is_global};
+use cilium_kvstore::service::{is_global, slices_of};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
@@ -68,14 +68,7 @@ pub fn service_list(
     let mut models = Vec::new();
     for service in sorted {
         let (namespace, name) = (service.namespace().unwrap_or_default(), service.name_any());
-        let own: Vec<&EndpointSlice> = slices
-            .iter()
-            .filter(|s| {
-                s.namespace().as_deref() == Some(namespace.as_str())
-                    && s.labels().get(SERVICE_NAME_LABEL) == Some(&name)
-            })
-            .map(Arc::as_ref)
-            .collect();
+        let own = slices_of(service, slices.iter().map(Arc::as_ref));
         let local = ClusterService::from_k8s(cluster, cluster_id, service, &own);
         let frontends = addresses(&local, true);
         if frontends.is_empty() {

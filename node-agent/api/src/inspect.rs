@@ -366,8 +366,10 @@ pub struct RemoteClusterStatus {
     pub num_identities: usize,
     pub num_endpoints: usize,
     pub num_services: usize,
-    /// Values of the remote kvstore that did not parse or were refused.
+    /// Values of the remote kvstore that did not parse or were refused, and why the last
+    /// one was.
     pub num_invalid_values: u64,
+    pub last_invalid_value: Option<String>,
     pub num_failures: u64,
     /// RFC 3339 time of the last failure.
     pub last_failure: Option<String>,

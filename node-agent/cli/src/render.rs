@@ -390,6 +390,9 @@ fn cluster_mesh(out: &mut String, mesh: &ClusterMeshStatus, verbose: bool) {
         }
         if cluster.num_invalid_values > 0 {
             etcd.push_str(&format!(", {} values refused", cluster.num_invalid_values));
+            if let Some(last) = &cluster.last_invalid_value {
+                etcd.push_str(&format!(" (last: {last})"));
+            }
         }
         if cluster.withdrawn {
             etcd.push_str(", entries withdrawn");

@@ -10,7 +10,8 @@ use cilium_identity::{Label, LabelSet, NumericIdentity};
 use cilium_kvstore::etcd_client::{Txn, TxnOp};
 use cilium_kvstore::keys::{self, IDENTITIES_PREFIX, IP_PREFIX, NODES_PREFIX, SERVICES_PREFIX};
 use cilium_kvstore::{AllocCidr, ClusterConfig, EtcdConfig, IpIdentityPair, KvNode, NodeAddress};
-use e2e::cluster::{AgentNode, Cluster, Setup, agent_get};
+use e2e::cluster::{AgentNode, Cluster, Setup, agent_get, port_of};
+use e2e::mesh::etcd_config;
 use e2e::pki::Authority;
 use e2e::{ClusterBed, Etcd};
 use serde_json::Value;
@@ -142,13 +143,7 @@ pub fn run(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         .tls()
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no TLS"))?;
-    let config_text = format!(
-        "endpoints:\n- {}\nca-file: {}\ncert-file: {}\nkey-file: {}\n",
-        etcd.endpoint(),
-        tls.ca.display(),
-        tls.client.cert.display(),
-        tls.client.key.display()
-    );
+    let config_text = etcd_config(&etcd.endpoint(), &tls);
     let config_file = remote_dir.join("etcd.config");
     std::fs::write(&config_file, &config_text)?;
     let state = remote_state();
@@ -162,12 +157,7 @@ pub fn run(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
 
     let mesh_dir = bed.dir().join("clustermesh");
     std::fs::create_dir_all(&mesh_dir)?;
-    let port = etcd
-        .endpoint()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no kvstore port"))?;
+    let port = port_of(&etcd.endpoint())?;
     let mut setup = Setup::standard(&bed, 1);
     setup.agent_flags.extend([
         "--cluster-name=cluster1".into(),

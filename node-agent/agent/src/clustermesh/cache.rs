@@ -217,7 +217,7 @@ pub fn check_config(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use cilium_identity::Label;
     use cilium_kvstore::keys;
 
@@ -225,7 +225,8 @@ mod tests {
 
     const C2: u32 = 102 << 16;
 
-    fn pair(ip: &str, id: u32) -> Vec<u8> {
+    /// cluster2's `ip/v1` value for `ip` with identity `id`, on node 192.168.60.21.
+    pub(crate) fn pair(ip: &str, id: u32) -> Vec<u8> {
         IpIdentityPair {
             ip: ip.into(),
             mask: None,

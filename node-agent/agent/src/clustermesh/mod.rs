@@ -180,6 +180,7 @@ impl ClusterMesh {
                 num_endpoints: r.cache.ips.len(),
                 num_services: r.cache.services.len(),
                 num_invalid_values: r.cache.invalid,
+                last_invalid_value: r.cache.last_invalid.clone(),
                 ..r.status.clone()
             })
             .collect();
