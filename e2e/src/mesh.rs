@@ -21,6 +21,9 @@ pub const MEMBERS: [(&str, u8, &str, u8); 2] = [
     ("cluster2", 102, "10.211.0.0/16", 21),
 ];
 
+/// Where every agent of the mesh serves `/metrics`, in its node's namespace.
+pub const METRICS_PORT: u16 = 9962;
+
 /// One cluster of the mesh.
 pub struct Member {
     pub name: String,
@@ -104,6 +107,7 @@ impl Mesh {
             agent_flags.extend([
                 format!("--clustermesh-config={}", mesh_dir.display()),
                 format!("--clustermesh-grace-period={}s", grace.as_secs()),
+                format!("--prometheus-serve-addr=127.0.0.1:{METRICS_PORT}"),
             ]);
             let setup = Setup {
                 operator_flags,

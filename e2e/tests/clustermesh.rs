@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use e2e::cluster::{AgentNode, CniPod, app_labels};
-use e2e::mesh::{Member, Mesh, global_service};
+use e2e::mesh::{METRICS_PORT, Member, Mesh, global_service};
+use e2e::operator::http_get;
 use e2e::traffic::{reaches, serve_echo};
 use e2e::wait_for;
 use serde_json::Value;
@@ -44,6 +45,15 @@ fn status(node: &AgentNode) -> Value {
         .cilium(&["status", "-o", "json"])
         .expect("cilium status");
     serde_json::from_str(&text).expect("status JSON")
+}
+
+/// `node`'s agent's metric `line` (name and labels) has `value`.
+fn metric_is(node: &AgentNode, line: &str, value: &str) -> bool {
+    let metrics = node
+        .ns
+        .run(|| http_get(METRICS_PORT, "/metrics"))
+        .unwrap_or_default();
+    metrics.lines().any(|l| l == format!("{line} {value}"))
 }
 
 /// The status of remote cluster `name` as `node`'s agent reports it.
@@ -125,6 +135,13 @@ fn two_clusters_share_endpoints_identities_policy_and_services() {
     wait_for("cluster2's agent has cluster1 ready", SETTLE, || {
         ready_with_endpoints(n2, "cluster1", 3)
     });
+    const READINESS: &str =
+        r#"cilium_clustermesh_remote_cluster_readiness_status{target_cluster="cluster2"}"#;
+    assert!(
+        metric_is(n1, READINESS, "1"),
+        "cluster2 ready in the metrics"
+    );
+    assert!(metric_is(n1, "cilium_clustermesh_remote_clusters", "1"));
     let verbose = n1.cilium(&["status", "--verbose"]).expect("status");
     assert!(
         verbose.contains("ClusterMesh:            1/1 clusters ready"),
@@ -295,6 +312,10 @@ fn two_clusters_share_endpoints_identities_policy_and_services() {
         remote(n1, "cluster2")
             .filter(|c| c["ready"] == false && c["num-failures"].as_u64() >= Some(1))
     });
+    assert!(
+        metric_is(n1, READINESS, "0"),
+        "cluster2 not ready in the metrics"
+    );
     // After the grace period cluster2's entries are withdrawn: its employee is `world`.
     wait_for("cluster2's entries withdrawn", SETTLE, || {
         remote(n1, "cluster2").filter(|c| c["withdrawn"] == true)

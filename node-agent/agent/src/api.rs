@@ -308,6 +308,11 @@ async fn metrics(State(ctx): Ctx) -> Response {
         let policy = ctx.policy();
         let mut sample = StateSample {
             policy_rules: policy.rule_count(),
+            remote_clusters: ctx
+                .status()
+                .cluster_mesh
+                .map(|mesh| mesh.clusters)
+                .unwrap_or_default(),
             ..StateSample::default()
         };
         for id in policy.identities().keys() {

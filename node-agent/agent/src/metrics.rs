@@ -49,6 +49,11 @@ struct DropLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetClusterLabel {
+    target_cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: String,
 }
@@ -80,6 +85,8 @@ pub struct StateSample {
     /// Each endpoint policy map's name and entries.
     pub policy_maps: Vec<(String, usize)>,
     pub policy_map_max: u32,
+    /// The mesh's remote clusters (empty without `--clustermesh-config`).
+    pub remote_clusters: Vec<cilium_agent_api::RemoteClusterStatus>,
 }
 
 /// Where the datapath's per-endpoint counters stood at the last sample.
@@ -102,6 +109,10 @@ pub struct AgentMetrics {
     forward_count: Family<DirectionLabel, Counter>,
     forward_bytes: Family<DirectionLabel, Counter>,
     kvstore_seconds: HistogramFamily<KvstoreLabel>,
+    remote_clusters: Gauge,
+    remote_cluster_readiness: Family<TargetClusterLabel, Gauge>,
+    remote_cluster_failures: Family<TargetClusterLabel, Gauge>,
+    remote_cluster_nodes: Family<TargetClusterLabel, Gauge>,
     last_counters: Mutex<BTreeMap<CounterKey, (u64, u64)>>,
 }
 
@@ -124,6 +135,10 @@ impl Default for AgentMetrics {
             forward_count: Family::default(),
             forward_bytes: Family::default(),
             kvstore_seconds: Family::new_with_constructor(duration_histogram),
+            remote_clusters: Gauge::default(),
+            remote_cluster_readiness: Family::default(),
+            remote_cluster_failures: Family::default(),
+            remote_cluster_nodes: Family::default(),
             last_counters: Mutex::default(),
             registry: Registry::default(),
         };
@@ -201,6 +216,26 @@ impl Default for AgentMetrics {
             "kvstore_operations_duration_seconds",
             "Duration of kvstore operations by action, kind and outcome",
             metrics.kvstore_seconds.clone(),
+        );
+        registry.register(
+            "clustermesh_remote_clusters",
+            "Remote clusters in --clustermesh-config",
+            metrics.remote_clusters.clone(),
+        );
+        registry.register(
+            "clustermesh_remote_cluster_readiness_status",
+            "Whether a remote cluster is ready (1) or not (0)",
+            metrics.remote_cluster_readiness.clone(),
+        );
+        registry.register(
+            "clustermesh_remote_cluster_failures",
+            "Failed sessions with a remote cluster's kvstore",
+            metrics.remote_cluster_failures.clone(),
+        );
+        registry.register(
+            "clustermesh_remote_cluster_nodes",
+            "Nodes of a remote cluster",
+            metrics.remote_cluster_nodes.clone(),
         );
         Self {
             registry,
@@ -308,6 +343,29 @@ impl AgentMetrics {
             let pressure = *entries as f64 / f64::from(sample.policy_map_max.max(1));
             self.map_pressure.get_or_create(&label).set(pressure);
         }
+        self.observe_remote_clusters(&sample.remote_clusters);
+    }
+
+    fn observe_remote_clusters(&self, clusters: &[cilium_agent_api::RemoteClusterStatus]) {
+        self.remote_clusters.set(gauge_value(clusters.len()));
+        // Disconnected clusters disappear from the output.
+        self.remote_cluster_readiness.clear();
+        self.remote_cluster_failures.clear();
+        self.remote_cluster_nodes.clear();
+        for cluster in clusters {
+            let label = TargetClusterLabel {
+                target_cluster: cluster.name.clone(),
+            };
+            self.remote_cluster_readiness
+                .get_or_create(&label)
+                .set(i64::from(cluster.ready));
+            self.remote_cluster_failures
+                .get_or_create(&label)
+                .set(i64::try_from(cluster.num_failures).unwrap_or(i64::MAX));
+            self.remote_cluster_nodes
+                .get_or_create(&label)
+                .set(gauge_value(cluster.num_nodes));
+        }
     }
 
     /// Adds what the datapath's counters (`(endpoint, counter)`) grew since the last call.
@@ -405,6 +463,13 @@ mod tests {
             policy_rules: 2,
             policy_maps: vec![("cilium_policy_v2_00012".into(), 64)],
             policy_map_max: 256,
+            remote_clusters: vec![cilium_agent_api::RemoteClusterStatus {
+                name: "cluster2".into(),
+                ready: true,
+                num_failures: 2,
+                num_nodes: 3,
+                ..Default::default()
+            }],
         };
         metrics.observe_state(&sample);
         let text = metrics.encode();
@@ -417,14 +482,24 @@ mod tests {
             r#"cilium_policy_map_entries{map_name="cilium_policy_v2_00012"} 64"#,
             "cilium_policy 2",
             "cilium_endpoint 2",
+            "cilium_clustermesh_remote_clusters 1",
+            r#"cilium_clustermesh_remote_cluster_readiness_status{target_cluster="cluster2"} 1"#,
+            r#"cilium_clustermesh_remote_cluster_failures{target_cluster="cluster2"} 2"#,
+            r#"cilium_clustermesh_remote_cluster_nodes{target_cluster="cluster2"} 3"#,
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }
         sample.policy_maps.clear();
         sample.endpoint_states.clear();
+        sample.remote_clusters.clear();
         metrics.observe_state(&sample);
         let text = metrics.encode();
         assert!(!text.contains("cilium_policy_v2_00012"), "{text}");
+        assert!(!text.contains(r#"target_cluster="cluster2""#), "{text}");
+        assert!(
+            text.contains("cilium_clustermesh_remote_clusters 0"),
+            "{text}"
+        );
         assert!(text.contains(r#"cilium_endpoint_state{endpoint_state="ready"} 0"#));
     }
 }
