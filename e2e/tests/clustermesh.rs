@@ -253,6 +253,36 @@ fn two_clusters_share_endpoints_identities_policy_and_services() {
         "cluster2 is not disturbed"
     );
 
+    // A changed file reconnects with the new content; the entries stay meanwhile (until
+    // the grace period, which counts from the failure).
+    let good = std::fs::read_to_string(c1.mesh_dir.join("cluster2")).expect("config");
+    let unused = format!(
+        "https://127.0.0.1:{}",
+        e2e::process::free_port().expect("port")
+    );
+    std::fs::write(
+        c1.mesh_dir.join("cluster2"),
+        good.replace(&kvstore2, &unused),
+    )
+    .expect("rewrite cluster2's file");
+    wait_for(
+        "cluster2 reconnects to the new, dead endpoint",
+        SETTLE,
+        || {
+            remote(n1, "cluster2").filter(|c| {
+                c["ready"] == false && c["endpoints"][0].as_str() == Some(unused.as_str())
+            })
+        },
+    );
+    assert!(
+        reaches(&employee2.ns, db.ip, REDIS),
+        "cluster2's entries are kept while it reconnects"
+    );
+    std::fs::write(c1.mesh_dir.join("cluster2"), &good).expect("restore cluster2's file");
+    wait_for("cluster2 ready again on its kvstore", SETTLE, || {
+        ready_with_endpoints(n1, "cluster2", 4).filter(|c| c["withdrawn"] == false)
+    });
+
     // A global service: backends of both clusters, in the kvstore and in the CLI.
     global_service(bed1, db.ip, REDIS).expect("cluster1's service");
     global_service(bed2, db2.ip, REDIS).expect("cluster2's service");

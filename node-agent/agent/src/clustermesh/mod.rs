@@ -109,10 +109,18 @@ impl ClusterMesh {
             if remotes.get(&name).is_some_and(|r| r.config_text == text) {
                 continue;
             }
-            let restarted = remotes.remove(&name).is_some();
-            tracing::info!(cluster = %name, restarted, "connecting to remote cluster");
             let path = self.settings.config_dir.join(&name);
             let task = tokio::spawn(remote::watch(self.clone(), name.clone(), path));
+            if let Some(remote) = remotes.get_mut(&name) {
+                // A changed file (new endpoints, rotated certificates): reconnect, and keep
+                // the cluster's entries until the new session has read them again.
+                tracing::info!(cluster = %name, "config changed; reconnecting");
+                remote.task.abort();
+                remote.task = task;
+                remote.config_text = text;
+                continue;
+            }
+            tracing::info!(cluster = %name, "connecting to remote cluster");
             remotes.insert(
                 name.clone(),
                 Remote {
@@ -127,9 +135,6 @@ impl ClusterMesh {
                     lost_since: None,
                 },
             );
-            if restarted {
-                self.changed.wake();
-            }
         }
     }
 
