@@ -31,6 +31,30 @@ impl Waker {
     }
 }
 
+/// What a cached kind is: a cluster-scoped or namespaced resource with a static type that
+/// reflectors can hold.
+pub trait Cached:
+    Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Cached for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Objects listed per page when a watch (re)starts, so a large cluster is not fetched in
 /// one response.
 pub const PAGE_SIZE: u32 = 500;
@@ -39,13 +63,7 @@ pub const PAGE_SIZE: u32 = 500;
 /// a background watch that wakes every one of `wakers` on each change.
 pub fn reflect<K>(api: Api<K>, config: watcher::Config, wakers: Vec<Waker>) -> Store<K>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Cached,
 {
     let (reader, writer) = reflector::store();
     tokio::spawn(drive(writer, watch(api, config), wakers));
@@ -59,13 +77,7 @@ fn watch<K>(
     config: watcher::Config,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Cached,
 {
     watcher(api, config.page_size(PAGE_SIZE))
         .default_backoff()

@@ -121,3 +121,20 @@ pub fn wait_for_ctrl_c() {
     });
     while rx.recv_timeout(Duration::from_secs(3600)).is_err() {}
 }
+
+/// The `main` of a demo binary: runs `run` (told whether `--exit` was given, i.e. stop
+/// after printing instead of waiting for Ctrl-C) and turns an error into a message and
+/// exit code 1.
+pub fn demo_main(
+    name: &str,
+    run: impl FnOnce(bool) -> anyhow::Result<()>,
+) -> std::process::ExitCode {
+    let exit_at_once = std::env::args().skip(1).any(|a| a == "--exit");
+    match run(exit_at_once) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -15,14 +15,7 @@ use e2e::traffic::{print_reachability, reaches, serve_echo};
 const REDIS: u16 = 6379;
 
 fn main() -> std::process::ExitCode {
-    let exit_at_once = std::env::args().skip(1).any(|a| a == "--exit");
-    match run(exit_at_once) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("demo-clustermesh: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    e2e::demo_main("demo-clustermesh", run)
 }
 
 /// Polls `done` every 200 ms for up to a minute.
