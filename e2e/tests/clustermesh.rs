@@ -246,6 +246,25 @@ fn two_clusters_share_endpoints_identities_policy_and_services() {
             })
         });
     }
+    // With a valid id it is accepted, and waits for its sync canaries, which nobody wrote.
+    c2.kvstore()
+        .etcdctl(&[
+            "put",
+            "cilium/cluster-config/cluster3",
+            r#"{"id":103,"capabilities":{"syncedCanaries":true}}"#,
+        ])
+        .expect("etcdctl put");
+    wait_for("cluster3 waits for its canaries", SETTLE, || {
+        remote(n1, "cluster3").filter(|c| {
+            c["ready"] == false
+                && c["cluster-id"] == 103
+                && c["status"].as_str().is_some_and(|s| {
+                    s.contains(
+                        "waiting for the sync canary cilium/synced/cluster3/cilium/state/nodes/v1",
+                    )
+                })
+        })
+    });
     std::fs::remove_file(c1.mesh_dir.join("cluster3")).expect("remove cluster3's file");
     assert_eq!(
         remote(n1, "cluster2").map(|c| c["ready"].clone()),
