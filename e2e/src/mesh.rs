@@ -179,14 +179,3 @@ pub fn global_service(
     }
     Ok(())
 }
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        // Agents first, while the kvstores they watch still answer their last calls.
-        for member in &mut self.members {
-            for node in &mut member.cluster.nodes {
-                node.kill_agent();
-            }
-        }
-    }
-}

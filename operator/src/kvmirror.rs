@@ -176,23 +176,22 @@ impl Mirror {
             self.metrics.kvstore_invalid_value();
             tracing::warn!(error = %e, "kvstore holds a value that does not parse");
         };
-        for (key, value) in store.list(&format!("{NODES_PREFIX}/{cluster}/")).await? {
-            if let Err(e) = KvNode::decode(&key, &value) {
-                report(e);
+        // The per-cluster prefixes, each with the decoder of its values.
+        type Check = fn(&str, &[u8]) -> Result<(), DecodeError>;
+        let per_cluster: [(&str, Check); 3] = [
+            (NODES_PREFIX, |k, v| KvNode::decode(k, v).map(drop)),
+            (IP_PREFIX, |k, v| IpIdentityPair::decode(k, v).map(drop)),
+            (SERVICES_PREFIX, |k, v| {
+                ClusterService::decode(k, v).map(drop)
+            }),
+        ];
+        for (prefix, check) in per_cluster {
+            for (key, value) in store.list(&format!("{prefix}/{cluster}/")).await? {
+                if let Err(e) = check(&key, &value) {
+                    report(e);
+                }
+                owned.insert(key, String::from_utf8_lossy(&value).into_owned());
             }
-            owned.insert(key, String::from_utf8_lossy(&value).into_owned());
-        }
-        for (key, value) in store.list(&format!("{IP_PREFIX}/{cluster}/")).await? {
-            if let Err(e) = IpIdentityPair::decode(&key, &value) {
-                report(e);
-            }
-            owned.insert(key, String::from_utf8_lossy(&value).into_owned());
-        }
-        for (key, value) in store.list(&format!("{SERVICES_PREFIX}/{cluster}/")).await? {
-            if let Err(e) = ClusterService::decode(&key, &value) {
-                report(e);
-            }
-            owned.insert(key, String::from_utf8_lossy(&value).into_owned());
         }
         for (key, value) in store.list(&format!("{IDENTITIES_PREFIX}/")).await? {
             let text = String::from_utf8_lossy(&value).into_owned();

@@ -51,11 +51,15 @@ impl ApiContext {
     /// The agent's status with the mesh's.
     fn status(&self) -> cilium_agent_api::StatusResponse {
         let mut status = self.agent.status();
-        status.cluster_mesh = self
-            .mesh
-            .as_ref()
-            .map(|mesh| mesh.status(&services::local_global(&self.caches.services.state())));
+        status.cluster_mesh = self.mesh_status();
         status
+    }
+
+    /// The mesh's status, with this cluster's global services counted.
+    fn mesh_status(&self) -> Option<cilium_agent_api::ClusterMeshStatus> {
+        self.mesh
+            .as_ref()
+            .map(|mesh| mesh.status(&services::local_global(&self.caches.services.state())))
     }
 
     fn remote_caches(&self) -> Vec<Arc<crate::clustermesh::RemoteCache>> {
@@ -309,8 +313,7 @@ async fn metrics(State(ctx): Ctx) -> Response {
         let mut sample = StateSample {
             policy_rules: policy.rule_count(),
             remote_clusters: ctx
-                .status()
-                .cluster_mesh
+                .mesh_status()
                 .map(|mesh| mesh.clusters)
                 .unwrap_or_default(),
             ..StateSample::default()

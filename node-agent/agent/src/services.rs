@@ -2,12 +2,13 @@
 //! its backends from its EndpointSlices and, for a global service, the backends every
 //! remote cluster that shares the same namespace/name publishes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use cilium_agent_api::{BackendModel, ServiceAddress, ServiceModel};
 use cilium_kvstore::ClusterService;
+use cilium_kvstore::service::PortConfiguration;
 use cilium_kvstore::service::{is_global, slices_of};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -15,12 +16,8 @@ use kube::ResourceExt;
 
 use crate::clustermesh::RemoteCache;
 
-fn addresses(published: &ClusterService, frontends: bool) -> Vec<ServiceAddress> {
-    let map = if frontends {
-        &published.frontends
-    } else {
-        &published.backends
-    };
+/// Every (address, port) of an `ip → ports` map, sorted.
+fn addresses(map: &BTreeMap<String, PortConfiguration>) -> Vec<ServiceAddress> {
     let mut out: Vec<ServiceAddress> = map
         .iter()
         .filter_map(|(ip, ports)| Some((ip.parse::<IpAddr>().ok()?, ports)))
@@ -38,7 +35,7 @@ fn addresses(published: &ClusterService, frontends: bool) -> Vec<ServiceAddress>
 }
 
 fn backends(published: &ClusterService) -> impl Iterator<Item = BackendModel> + '_ {
-    addresses(published, false)
+    addresses(&published.backends)
         .into_iter()
         .map(|address| BackendModel {
             address,
@@ -70,7 +67,7 @@ pub fn service_list(
         let (namespace, name) = (service.namespace().unwrap_or_default(), service.name_any());
         let own = slices_of(service, slices.iter().map(Arc::as_ref));
         let local = ClusterService::from_k8s(cluster, cluster_id, service, &own);
-        let frontends = addresses(&local, true);
+        let frontends = addresses(&local.frontends);
         if frontends.is_empty() {
             continue;
         }
