@@ -257,6 +257,7 @@ fn two_clusters_share_endpoints_identities_policy_and_services() {
     wait_for("cluster3 waits for its canaries", SETTLE, || {
         remote(n1, "cluster3").filter(|c| {
             c["ready"] == false
+                && c["withdrawn"] == false
                 && c["cluster-id"] == 103
                 && c["status"].as_str().is_some_and(|s| {
                     s.contains(

@@ -203,6 +203,13 @@ impl ClusterMesh {
     }
 }
 
+/// When a cluster's grace period started, after a failed session at `now`: at the loss of
+/// a ready cluster, else unchanged (still counting from its loss, or never started for a
+/// cluster that never got ready and so has no entries to withdraw).
+fn lost_since(was_ready: bool, lost_since: Option<Instant>, now: Instant) -> Option<Instant> {
+    if was_ready { Some(now) } else { lost_since }
+}
+
 /// The cluster config files of `dir`: name → content. Hidden entries (a mounted Secret's
 /// `..data` links), this cluster's own file and files without `endpoints:` (certificates,
 /// keys) are not clusters.
@@ -234,6 +241,23 @@ fn cluster_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_grace_period_runs_from_the_loss_of_a_ready_cluster() {
+        let start = Instant::now();
+        let later = start + Duration::from_secs(5);
+        assert_eq!(lost_since(true, None, start), Some(start));
+        assert_eq!(
+            lost_since(false, Some(start), later),
+            Some(start),
+            "failed retries do not restart it"
+        );
+        assert_eq!(
+            lost_since(false, None, later),
+            None,
+            "never ready: nothing to withdraw"
+        );
+    }
 
     #[test]
     fn only_cluster_config_files_are_clusters() {

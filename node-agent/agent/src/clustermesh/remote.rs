@@ -82,9 +82,11 @@ pub(super) async fn watch(mesh: Arc<ClusterMesh>, name: String, path: PathBuf) {
         let reason = ended.err().map(|e| e.to_string()).unwrap_or_default();
         tracing::warn!(error = %reason, retry_in = ?backoff, "remote cluster unavailable");
         mesh.update(&name, |remote| {
-            if remote.status.ready || remote.lost_since.is_none() {
-                remote.lost_since = Some(std::time::Instant::now());
-            }
+            remote.lost_since = super::lost_since(
+                remote.status.ready,
+                remote.lost_since,
+                std::time::Instant::now(),
+            );
             remote.status.ready = false;
             remote.status.connected = false;
             remote.status.num_failures += 1;
