@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cidr;
 pub mod cli;
 pub mod endpoint;
+pub mod icmp;
 pub mod identity;
 pub mod node;
 pub mod pod_identity;
@@ -23,6 +24,20 @@ pub use validation::{Problem, validate_policy};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
+
+/// The schema of a field whose content is kept as written (`x-kubernetes-preserve-unknown-fields`):
+/// parts of Cilium's policy schema the engine does not read, kept so they are never pruned.
+pub(crate) fn opaque_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}
+
+/// A list of [`opaque_object`]s.
+pub(crate) fn opaque_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
+}
 
 /// The five CRDs, in the order they are installed.
 pub fn all() -> Vec<CustomResourceDefinition> {

@@ -151,6 +151,12 @@ pub struct IngressRule {
     pub from_entities: Option<Vec<Entity>>,
     #[garde(dive)]
     pub from_nodes: Option<Vec<EndpointSelector>>,
+    /// Cloud provider groups (AWS security groups): kept, never pruned, and refused by the
+    /// engine, which cannot resolve them.
+    #[garde(skip)]
+    #[serde(default)]
+    #[schemars(schema_with = "crate::opaque_list")]
+    pub from_groups: Option<Vec<serde_json::Value>>,
     #[garde(dive)]
     pub to_ports: Option<Vec<PortRule>>,
     #[garde(dive)]
@@ -179,6 +185,12 @@ pub struct IngressDenyRule {
     pub from_entities: Option<Vec<Entity>>,
     #[garde(dive)]
     pub from_nodes: Option<Vec<EndpointSelector>>,
+    /// Cloud provider groups (AWS security groups): kept, never pruned, and refused by the
+    /// engine, which cannot resolve them.
+    #[garde(skip)]
+    #[serde(default)]
+    #[schemars(schema_with = "crate::opaque_list")]
+    pub from_groups: Option<Vec<serde_json::Value>>,
     #[garde(dive)]
     pub to_ports: Option<Vec<PortDenyRule>>,
     #[garde(dive)]
@@ -205,6 +217,12 @@ pub struct EgressRule {
     pub to_entities: Option<Vec<Entity>>,
     #[garde(dive)]
     pub to_nodes: Option<Vec<EndpointSelector>>,
+    /// Cloud provider groups (AWS security groups): kept, never pruned, and refused by the
+    /// engine, which cannot resolve them.
+    #[garde(skip)]
+    #[serde(default)]
+    #[schemars(schema_with = "crate::opaque_list")]
+    pub to_groups: Option<Vec<serde_json::Value>>,
     #[garde(dive)]
     pub to_services: Option<Vec<ServiceSelector>>,
     #[garde(dive)]
@@ -238,6 +256,12 @@ pub struct EgressDenyRule {
     pub to_entities: Option<Vec<Entity>>,
     #[garde(dive)]
     pub to_nodes: Option<Vec<EndpointSelector>>,
+    /// Cloud provider groups (AWS security groups): kept, never pruned, and refused by the
+    /// engine, which cannot resolve them.
+    #[garde(skip)]
+    #[serde(default)]
+    #[schemars(schema_with = "crate::opaque_list")]
+    pub to_groups: Option<Vec<serde_json::Value>>,
     #[garde(dive)]
     pub to_services: Option<Vec<ServiceSelector>>,
     #[garde(dive)]
@@ -256,6 +280,13 @@ pub struct CidrRule {
     pub cidr: Cidr,
     #[garde(dive, custom(crate::cidr::excepts_within(&self.cidr)))]
     pub except: Option<Vec<Cidr>>,
+    /// CiliumCIDRGroup references: kept, never pruned, and refused by the engine.
+    #[garde(skip)]
+    pub cidr_group_ref: Option<String>,
+    #[garde(skip)]
+    #[serde(default)]
+    #[schemars(schema_with = "crate::opaque_object")]
+    pub cidr_group_selector: Option<serde_json::Value>,
 }
 
 /// Cilium's entities: named groups of peers that are not pods of this cluster.
@@ -289,9 +320,28 @@ pub enum Entity {
 pub struct PortRule {
     #[garde(dive)]
     pub ports: Option<Vec<PortProtocol>>,
-    /// L7 rules: accepted and kept; the datapath enforces their L4 part only.
+    /// L7 rules: accepted and kept; until L7 is enforced their ports stay closed to the
+    /// rule's peers.
     #[garde(skip)]
     pub rules: Option<L7Rules>,
+    /// TLS interception, SNI matching and Envoy listeners, as in Cilium's schema: kept
+    /// (never pruned) so the engine refuses what it does not enforce instead of widening.
+    #[serde(rename = "terminatingTLS")]
+    #[garde(skip)]
+    #[serde(default)]
+    #[schemars(schema_with = "crate::opaque_object")]
+    pub terminating_tls: Option<serde_json::Value>,
+    #[serde(rename = "originatingTLS")]
+    #[garde(skip)]
+    #[serde(default)]
+    #[schemars(schema_with = "crate::opaque_object")]
+    pub originating_tls: Option<serde_json::Value>,
+    #[garde(skip)]
+    pub server_names: Option<Vec<String>>,
+    #[garde(skip)]
+    #[serde(default)]
+    #[schemars(schema_with = "crate::opaque_object")]
+    pub listener: Option<serde_json::Value>,
 }
 
 /// Ports that a deny rule is limited to (deny rules carry no L7 part).
@@ -364,7 +414,7 @@ pub struct IcmpField {
     pub family: Option<IcmpFamily>,
     /// The ICMP type as a number (0..255) or Cilium's name for it (`EchoRequest`, ...).
     #[serde(rename = "type")]
-    #[garde(custom(crate::validation::icmp_type))]
+    #[garde(custom(crate::validation::icmp_type(&self.family)))]
     pub icmp_type: IntOrString,
 }
 
@@ -437,6 +487,13 @@ pub enum AuthenticationMode {
 pub struct L7Rules {
     pub http: Option<Vec<HttpRule>>,
     pub dns: Option<Vec<FqdnSelector>>,
+    #[serde(default)]
+    #[schemars(schema_with = "crate::opaque_list")]
+    pub kafka: Option<Vec<serde_json::Value>>,
+    pub l7proto: Option<String>,
+    #[serde(default)]
+    #[schemars(schema_with = "crate::opaque_list")]
+    pub l7: Option<Vec<serde_json::Value>>,
 }
 
 #[serde_with::skip_serializing_none]

@@ -155,52 +155,14 @@ pub(crate) fn end_port_after(
     }
 }
 
-/// Cilium's names for ICMP types (both families), as accepted in `icmps.fields.type`.
-const ICMP_TYPE_NAMES: &[&str] = &[
-    "EchoReply",
-    "DestinationUnreachable",
-    "Redirect",
-    "Echo",
-    "EchoRequest",
-    "RouterAdvertisement",
-    "RouterSelection",
-    "TimeExceeded",
-    "ParameterProblem",
-    "Timestamp",
-    "TimestampReply",
-    "Photuris",
-    "ExtendedEchoRequest",
-    "ExtendedEchoReply",
-    "PacketTooBig",
-    "MLDQuery",
-    "MLDReport",
-    "MLDDone",
-    "NeighborSolicitation",
-    "NeighborAdvertisement",
-    "RedirectMessage",
-    "RouterRenumbering",
-    "ICMPNodeInformationQuery",
-    "ICMPNodeInformationResponse",
-    "InverseNeighborDiscoverySolicitation",
-    "InverseNeighborDiscoveryAdvertisement",
-    "HomeAgentAddressDiscoveryRequest",
-    "HomeAgentAddressDiscoveryReply",
-    "MobilePrefixSolicitation",
-    "MobilePrefixAdvertisement",
-    "DuplicateAddressRequestCodeSuffix",
-    "DuplicateAddressConfirmationCodeSuffix",
-    "RouterSolicitation",
-];
-
-pub(crate) fn icmp_type(value: &IntOrString, _: &PolicyContext) -> garde::Result {
-    match value {
-        IntOrString::Int(n) if !(0..=255).contains(n) => Err(garde::Error::new(format!(
-            "ICMP type {n} is outside 0..255"
-        ))),
-        IntOrString::String(name) if !ICMP_TYPE_NAMES.contains(&name.as_str()) => Err(
-            garde::Error::new(format!("{name:?} is not an ICMP type name")),
-        ),
-        _ => Ok(()),
+/// The type must exist in the field's family (one table with the policy engine).
+pub(crate) fn icmp_type(
+    family: &Option<crate::policy::IcmpFamily>,
+) -> impl FnOnce(&IntOrString, &PolicyContext) -> garde::Result + '_ {
+    move |value, _| {
+        crate::icmp::icmp_type_number(value, family.unwrap_or_default())
+            .map(drop)
+            .map_err(|e| garde::Error::new(e.to_string()))
     }
 }
 

@@ -282,13 +282,23 @@ impl AgentNode {
     }
 
     /// The runtime's part for an existing Pod object: a new network namespace and
-    /// `cilium-cni ADD`.
+    /// `cilium-cni ADD`, tried again while the plugin says "try again later" (code 11: the
+    /// agent is starting, or the pod's identity is not there yet), as a runtime does.
     pub fn wire_pod(&self, namespace: &str, name: &str) -> Result<CniPod, Error> {
         let ns = NetNs::new("pod")?;
         let container_id = format!("{}-{name}", ns.name());
         let env = cni_env("ADD", &container_id, &ns, namespace, name);
         let started = std::time::Instant::now();
-        let output = self.cni(&as_pairs(&env), &self.net_conf())?;
+        let output = loop {
+            let output = self.cni(&as_pairs(&env), &self.net_conf())?;
+            let try_again = !output.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&output.stdout)
+                    .is_ok_and(|e| e["code"] == 11);
+            if !try_again || started.elapsed() > ADD_RETRY_FOR {
+                break output;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
         let add_time = started.elapsed();
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         if !output.status.success() {
@@ -321,6 +331,9 @@ impl AgentNode {
         self.cni(&as_pairs(&env), &self.net_conf())
     }
 }
+
+/// How long [`AgentNode::wire_pod`] keeps retrying an ADD the plugin asks to retry.
+const ADD_RETRY_FOR: Duration = Duration::from_secs(90);
 
 /// The `CNI_*` environment of a kubelet's call for a pod in `ns`.
 pub fn cni_env(

@@ -13,21 +13,35 @@ pub struct IpIdentityPair {
     /// Set for CIDR entries (base64 of the mask bytes); `null` for a single address.
     #[serde(rename = "Mask")]
     pub mask: Option<String>,
-    /// The node hosting the endpoint (tunnel endpoint).
-    #[serde(rename = "HostIP")]
+    /// The node hosting the endpoint (tunnel endpoint); Cilium writes `null` (a nil
+    /// `net.IP`) when there is none.
+    #[serde(rename = "HostIP", default, deserialize_with = "null_as_empty")]
     pub host_ip: String,
     #[serde(rename = "ID")]
     pub id: u32,
     /// Encryption key index.
-    #[serde(rename = "Key")]
+    #[serde(rename = "Key", default)]
     pub key: u8,
     /// `cilium-global:<cluster>:<node>:<endpoint id>`.
-    #[serde(rename = "Metadata")]
+    #[serde(rename = "Metadata", default)]
     pub metadata: String,
-    #[serde(rename = "K8sNamespace")]
+    /// Cilium's Go type has `omitempty` on both: absent for host and CIDR entries.
+    #[serde(
+        rename = "K8sNamespace",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub k8s_namespace: String,
-    #[serde(rename = "K8sPodName")]
+    #[serde(
+        rename = "K8sPodName",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub k8s_pod_name: String,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl IpIdentityPair {
@@ -88,6 +102,34 @@ mod tests {
             IpIdentityPair::decode("k", DOCUMENTED.as_bytes()).ok(),
             Some(pair)
         );
+    }
+
+    /// Values as Cilium's own Go type (`identity.IPIdentityPair`, `omitempty` on the pod
+    /// fields and NamedPorts) writes them: by the agent for a pod with named ports, for an
+    /// endpoint that is no pod, and by the clustermesh-apiserver (no metadata).
+    #[test]
+    fn values_written_by_cilium_decode() {
+        let with_named_ports = r#"{"IP":"10.0.1.23","Mask":null,"HostIP":"192.168.1.10","ID":48213,"Key":0,"Metadata":"cilium-global:default:worker-1:1532","K8sNamespace":"default","K8sPodName":"web-6d4b7c9f5-x2k9q","NamedPorts":[{"Name":"http","Port":8080,"Protocol":"TCP"},{"Name":"metrics","Port":9090,"Protocol":"TCP"}]}"#;
+        let pair = IpIdentityPair::decode("k", with_named_ports.as_bytes()).expect("decodes");
+        assert_eq!(
+            (pair.id, pair.k8s_pod_name.as_str()),
+            (48213, "web-6d4b7c9f5-x2k9q")
+        );
+
+        let not_a_pod = r#"{"IP":"10.0.1.77","Mask":null,"HostIP":"192.168.1.10","ID":31020,"Key":0,"Metadata":"cilium-global:default:worker-1:2871"}"#;
+        let pair = IpIdentityPair::decode("k", not_a_pod.as_bytes()).expect("decodes");
+        assert_eq!(pair.k8s_namespace, "");
+        assert_eq!(pair.encode(), not_a_pod, "and encodes back byte for byte");
+
+        let from_clustermesh_apiserver = r#"{"IP":"10.0.2.15","Mask":null,"HostIP":"192.168.1.11","ID":48213,"Key":0,"Metadata":"","K8sNamespace":"default","K8sPodName":"web-6d4b7c9f5-abcde"}"#;
+        let pair =
+            IpIdentityPair::decode("k", from_clustermesh_apiserver.as_bytes()).expect("decodes");
+        assert_eq!(pair.metadata, "");
+
+        // A nil `net.IP` host address is `null`; missing Key and Metadata are their zero.
+        let sparse = r#"{"IP":"10.0.3.1","Mask":null,"HostIP":null,"ID":2}"#;
+        let pair = IpIdentityPair::decode("k", sparse.as_bytes()).expect("decodes");
+        assert_eq!((pair.host_ip.as_str(), pair.key), ("", 0));
     }
 
     #[test]

@@ -6,18 +6,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use cilium_agent_api::{
     BpfEndpointModel, ClusterHealth, CtEntryModel, EndpointChangeRequest, EndpointModel,
-    EndpointRef, Health, HealthState, IpamAllocation, IpamStatus, IpcacheEntryModel,
-    MonitorMessage, PolicyMapModel, PrefilterEntryModel, PrefilterModel, StatusResponse,
+    EndpointRef, EndpointStateName, Health, HealthState, IpamAllocation, IpamStatus,
+    IpcacheEntryModel, MonitorMessage, PolicyMapModel, PrefilterEntryModel, PrefilterModel,
+    StatusResponse,
 };
 use cilium_crds::cache::Waker;
 use cilium_datapath::{Datapath, Endpoint, IpcacheEntry, PolicyMap, monotonic_ns, policy_map_name};
 use cilium_identity::{LabelSet, ReservedIdentity};
 use cilium_policy::{EndpointPolicy, EnforcementMode};
 use ipnet::{IpNet, Ipv4Net};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::controllers::{self, Controllers};
 use crate::endpoints::{EndpointRecord, EndpointTable, StateDir, StateError, parse_mac};
@@ -31,6 +33,8 @@ pub struct AgentSettings {
     pub enforcement: EnforcementMode,
     /// Devices the XDP prefilter is attached to (none: it is off).
     pub prefilter_devices: Vec<String>,
+    /// How long a `sync-build` endpoint creation waits for the endpoint to be ready.
+    pub sync_build_timeout: Duration,
 }
 
 /// Verdict events buffered for each monitor reader before it counts as fallen behind.
@@ -69,6 +73,9 @@ pub enum AgentError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Not now: the caller should try again (CNI's "try again later").
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Ipam(#[from] IpamError),
     #[error(transparent)]
@@ -84,10 +91,17 @@ impl AgentError {
             AgentError::BadRequest(_) | AgentError::Ipam(IpamError::OutOfRange { .. }) => 400,
             AgentError::NotFound(_) | AgentError::Ipam(IpamError::NotAllocated(_)) => 404,
             AgentError::Conflict(_) | AgentError::Ipam(IpamError::Taken { .. }) => 409,
-            AgentError::Ipam(IpamError::Exhausted { .. }) => 503,
+            AgentError::Ipam(IpamError::Exhausted { .. }) | AgentError::Unavailable(_) => 503,
             AgentError::Datapath(_) | AgentError::State(_) => 500,
         }
     }
+}
+
+/// The policy an endpoint's map holds, and the identity it was computed for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AppliedPolicy {
+    identity: u32,
+    policy: EndpointPolicy,
 }
 
 struct State {
@@ -95,32 +109,37 @@ struct State {
     endpoints: EndpointTable,
     datapath: Datapath,
     /// The policy each endpoint's map holds, as last computed.
-    policies: BTreeMap<u16, EndpointPolicy>,
+    policies: BTreeMap<u16, AppliedPolicy>,
 }
 
 impl State {
-    /// Whether endpoint `id`'s ingress and egress are enforced (neither before its first
-    /// policy computation).
+    /// Whether endpoint `id`'s ingress and egress are enforced (both, as far as anyone can
+    /// tell, before its first policy: its map drops everything).
     fn enforced(&self, id: u16) -> (bool, bool) {
-        self.policies
-            .get(&id)
-            .map_or((false, false), |p| (p.ingress_enforced, p.egress_enforced))
+        self.policies.get(&id).map_or((true, true), |p| {
+            (p.policy.ingress_enforced, p.policy.egress_enforced)
+        })
+    }
+
+    fn lifecycle(&self, record: &EndpointRecord) -> EndpointStateName {
+        record.state(self.policies.get(&record.id).map(|p| p.identity))
     }
 
     /// The endpoint as the API shows it, with the directions its policy enforces.
     fn model(&self, record: &EndpointRecord) -> EndpointModel {
-        let mut model = record.model();
+        let mut model = record.model(self.lifecycle(record));
         (model.ingress_enforced, model.egress_enforced) = self.enforced(record.id);
         model
     }
 
-    /// The map endpoint `id` should hold now: its computed policy, or allow-all until the
-    /// first computation (as Cilium treats an endpoint no rule selects yet).
+    /// The map endpoint `id` should hold now: its computed policy, or nothing (drop all)
+    /// until its first policy is computed — never allow-all for an endpoint whose policy
+    /// is not known yet.
     fn policy_map(&self, id: u16) -> PolicyMap {
         self.policies
             .get(&id)
-            .map(|p| p.map.clone())
-            .unwrap_or_else(PolicyMap::allow_all)
+            .map(|p| p.policy.map.clone())
+            .unwrap_or_else(|| PolicyMap::new([]))
     }
 }
 
@@ -138,6 +157,8 @@ pub struct Agent {
     metrics: AgentMetrics,
     controllers: Controllers,
     events: broadcast::Sender<MonitorMessage>,
+    /// Touched whenever an endpoint's identity or policy changes (sync-build waits on it).
+    endpoint_updates: watch::Sender<()>,
     /// The datapath's lost-event count already reported to monitor readers.
     events_lost: AtomicU64,
     cluster_health: Mutex<Option<ClusterHealth>>,
@@ -223,6 +244,7 @@ impl Agent {
             metrics: AgentMetrics::default(),
             controllers: Controllers::default(),
             events: broadcast::channel(MONITOR_QUEUE).0,
+            endpoint_updates: watch::channel(()).0,
             events_lost: AtomicU64::new(0),
             cluster_health: Mutex::new(None),
         })
@@ -273,6 +295,10 @@ impl Agent {
 
     pub fn set_synced(&self) {
         self.synced.store(true, Ordering::Relaxed);
+    }
+
+    pub fn settings(&self) -> &AgentSettings {
+        &self.settings
     }
 
     /// Brings back the endpoints saved before a restart. An endpoint whose veth is gone
@@ -393,13 +419,19 @@ impl Agent {
         check_ifname("pod-interface-name", &request.pod_interface_name)?;
         let mac = parse_mac(&request.mac).map_err(AgentError::BadRequest)?;
         let host_mac = parse_mac(&request.host_mac).map_err(AgentError::BadRequest)?;
+        // Before the caches synced the pod's identity and the policies are unknown.
+        if !self.synced.load(Ordering::Relaxed) {
+            return Err(AgentError::Unavailable(
+                "cilium-agent is starting: its caches have not synced yet; try again".into(),
+            ));
+        }
 
         let mut state = self.lock();
         if let Some(existing) = state.endpoints.get(reference) {
             return if existing.ipv4 == request.ipv4
                 && existing.interface_name == request.interface_name
             {
-                Ok((existing.model(), false))
+                Ok((state.model(existing), false))
             } else {
                 Err(AgentError::Conflict(format!(
                     "container {} already has endpoint {} ({} on {})",
@@ -445,7 +477,7 @@ impl Agent {
             return Err(e);
         }
         tracing::info!(id, container = %record.container_id, pod = %record.ipam_owner(), ip = %record.ipv4, "endpoint created");
-        let model = record.model();
+        let model = state.model(&record);
         state.endpoints.insert(record);
         drop(state);
         self.changed.wake();
@@ -478,12 +510,46 @@ impl Agent {
             .delete_ipcache(IpNet::from(IpAddr::V4(record.ipv4)))?;
         self.store.remove(record.id)?;
         let _ = state.ipam.release(record.ipv4);
+        let model = state.model(&record);
         state.endpoints.remove(record.id);
         state.policies.remove(&record.id);
         drop(state);
         tracing::info!(id = record.id, container = %record.container_id, ip = %record.ipv4, "endpoint deleted");
         self.changed.wake();
-        Ok(record.model())
+        self.endpoint_updates.send_replace(());
+        Ok(model)
+    }
+
+    /// Waits until endpoint `reference` is ready (identity resolved, its policy in the
+    /// map) for at most `timeout`; the endpoint as it then is, or why it is not ready.
+    pub async fn wait_until_ready(
+        &self,
+        reference: &EndpointRef,
+        timeout: Duration,
+    ) -> Result<EndpointModel, AgentError> {
+        let mut updates = self.endpoint_updates.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let model = self.endpoint(reference)?;
+            if model.state == EndpointStateName::Ready {
+                return Ok(model);
+            }
+            let why = match model.state {
+                EndpointStateName::WaitingForIdentity => {
+                    "no CiliumIdentity for its labels yet (is cilium-operator running?)"
+                }
+                _ => "its policy is not in its map yet",
+            };
+            match tokio::time::timeout_at(deadline, updates.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    return Err(AgentError::Unavailable(format!(
+                        "endpoint {} ({}/{}) is not ready after {timeout:?}: {} — {why}; try again",
+                        model.id, model.k8s_namespace, model.k8s_pod_name, model.state
+                    )));
+                }
+            }
+        }
     }
 
     pub fn endpoint(&self, reference: &EndpointRef) -> Result<EndpointModel, AgentError> {
@@ -530,19 +596,37 @@ impl Agent {
         if let Some(slot) = state.endpoints.get_mut(id) {
             *slot = updated;
         }
+        drop(state);
+        self.endpoint_updates.send_replace(());
         Ok(())
     }
 
-    /// Sets endpoint `id`'s policy map (a diff against what it holds). A policy that does
-    /// not fit the map leaves the endpoint dropping everything, and the error.
-    pub fn set_policy(&self, id: u16, policy: EndpointPolicy) -> Result<bool, AgentError> {
+    /// Sets endpoint `id`'s policy map (a diff against what it holds), computed for
+    /// `identity`. A policy that does not fit the map leaves the endpoint dropping
+    /// everything, and the error.
+    pub fn set_policy(
+        &self,
+        id: u16,
+        identity: u32,
+        policy: EndpointPolicy,
+    ) -> Result<bool, AgentError> {
         let mut state = self.lock();
         if state.endpoints.get(&EndpointRef::Id(id)).is_none() {
             return Ok(false);
         }
-        if state.policies.get(&id) == Some(&policy) {
-            return Ok(false);
+        let applied = AppliedPolicy { identity, policy };
+        match state.policies.get(&id) {
+            Some(current) if *current == applied => return Ok(false),
+            Some(current) if current.policy == applied.policy => {
+                // The same map serves the new identity: nothing to write.
+                state.policies.insert(id, applied);
+                drop(state);
+                self.endpoint_updates.send_replace(());
+                return Ok(false);
+            }
+            _ => {}
         }
+        let policy = &applied.policy;
         // On failure the datapath has locked the endpoint down (drops everything) and the
         // policy stays unrecorded, so the next pass tries again.
         let change = state.datapath.set_policy(id, &policy.map)?;
@@ -554,13 +638,16 @@ impl Agent {
             egress = policy.egress_enforced,
             "endpoint policy updated"
         );
-        state.policies.insert(id, policy);
+        state.policies.insert(id, applied);
+        drop(state);
+        self.endpoint_updates.send_replace(());
         Ok(true)
     }
 
-    /// Whether endpoint `id`'s ingress and egress are enforced.
-    pub fn enforcement(&self, id: u16) -> (bool, bool) {
-        self.lock().enforced(id)
+    /// Endpoint `record`'s lifecycle state and whether its ingress and egress are enforced.
+    pub fn lifecycle(&self, record: &EndpointRecord) -> (EndpointStateName, (bool, bool)) {
+        let state = self.lock();
+        (state.lifecycle(record), state.enforced(record.id))
     }
 
     /// Makes the datapath's ipcache equal to `wanted(local endpoints)`; returns the number of
@@ -826,7 +913,7 @@ impl Agent {
             for record in state.endpoints.iter() {
                 *sample
                     .endpoint_states
-                    .entry(record.state().to_string())
+                    .entry(state.lifecycle(record).to_string())
                     .or_default() += 1;
                 let name = match state.enforced(record.id) {
                     (false, false) => "none",
@@ -835,7 +922,10 @@ impl Agent {
                     (true, true) => "both",
                 };
                 *sample.enforcement.entry(name.into()).or_default() += 1;
-                let entries = state.policies.get(&record.id).map_or(0, |p| p.map.len());
+                let entries = state
+                    .policies
+                    .get(&record.id)
+                    .map_or(0, |p| p.policy.map.len());
                 sample
                     .policy_maps
                     .push((policy_map_name(record.id), entries));

@@ -251,17 +251,40 @@ async fn get_endpoint(State(ctx): Ctx, UrlPath(reference): UrlPath<String>) -> R
 }
 
 async fn put_endpoint(State(ctx): Ctx, UrlPath(reference): UrlPath<String>, bytes: Bytes) -> Reply {
-    reply((|| {
+    let created = (|| {
         let reference = endpoint_ref(&reference)?;
         let request: EndpointChangeRequest = body(&bytes)?;
+        let sync_build = request.sync_build;
         let (model, created) = ctx.agent.put_endpoint(&reference, request)?;
-        let status = if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        };
-        Ok(json(status, &model))
-    })())
+        Ok::<_, Reply>((reference, sync_build, model, created))
+    })();
+    let (reference, sync_build, model, created) = match created {
+        Ok(created) => created,
+        Err(e) => return e,
+    };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    if !sync_build {
+        return json(status, &model);
+    }
+    // Cilium's sync build: the pod starts only once its policy is enforced.
+    match ctx
+        .agent
+        .wait_until_ready(&reference, ctx.agent.settings().sync_build_timeout)
+        .await
+    {
+        Ok(model) => json(status, &model),
+        Err(e) => {
+            // Nothing stays behind: the runtime retries the whole ADD.
+            if let Err(undo) = ctx.agent.delete_endpoint(&reference) {
+                tracing::warn!(%reference, error = %undo, "removing the endpoint that did not get ready failed");
+            }
+            e.into()
+        }
+    }
 }
 
 async fn delete_endpoint(State(ctx): Ctx, UrlPath(reference): UrlPath<String>) -> Reply {

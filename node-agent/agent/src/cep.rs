@@ -18,9 +18,11 @@ use crate::endpoints::EndpointRecord;
 pub fn status(
     record: &EndpointRecord,
     node_ip: IpAddr,
+    state: EndpointStateName,
     enforcement: (bool, bool),
 ) -> EndpointStatus {
-    let ready = record.state() == EndpointStateName::Ready;
+    // Other nodes learn the pod's identity from here as soon as it is known.
+    let identified = state != EndpointStateName::WaitingForIdentity;
     let direction = |enforcing: bool| EndpointPolicyDirection {
         enforcing,
         state: Some(
@@ -36,7 +38,7 @@ pub fn status(
     };
     EndpointStatus {
         id: Some(i64::from(record.id)),
-        identity: ready.then(|| EndpointIdentity {
+        identity: identified.then(|| EndpointIdentity {
             id: i64::from(record.identity),
             labels: Some(record.labels.clone()),
         }),
@@ -59,10 +61,10 @@ pub fn status(
             ingress: Some(direction(enforcement.0)),
             egress: Some(direction(enforcement.1)),
         }),
-        state: Some(if ready {
-            EndpointState::Ready
-        } else {
-            EndpointState::WaitingForIdentity
+        state: Some(match state {
+            EndpointStateName::WaitingForIdentity => EndpointState::WaitingForIdentity,
+            EndpointStateName::WaitingToRegenerate => EndpointState::WaitingToRegenerate,
+            EndpointStateName::Ready => EndpointState::Ready,
         }),
     }
 }
@@ -108,13 +110,26 @@ mod tests {
     fn waiting_then_ready() {
         let node: IpAddr = "192.168.60.11".parse().expect("ip");
         let mut r = record(7, "c1", [10, 0, 1, 7]);
-        let waiting = status(&r, node, (false, false));
+        let waiting = status(
+            &r,
+            node,
+            EndpointStateName::WaitingForIdentity,
+            (false, false),
+        );
         assert_eq!(waiting.state, Some(EndpointState::WaitingForIdentity));
         assert_eq!(waiting.identity, None);
         assert_eq!(waiting.id, Some(7));
         r.identity = 31_000;
         r.labels = vec!["k8s:app=db".into()];
-        let ready = status(&r, node, (true, false));
+        let regenerating = status(
+            &r,
+            node,
+            EndpointStateName::WaitingToRegenerate,
+            (false, false),
+        );
+        assert_eq!(regenerating.state, Some(EndpointState::WaitingToRegenerate));
+        assert_eq!(regenerating.identity.as_ref().map(|i| i.id), Some(31_000));
+        let ready = status(&r, node, EndpointStateName::Ready, (true, false));
         assert_eq!(ready.state, Some(EndpointState::Ready));
         assert_eq!(ready.identity.as_ref().map(|i| i.id), Some(31_000));
         let networking = ready.networking.as_ref().expect("networking");

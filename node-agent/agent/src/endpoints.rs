@@ -30,15 +30,19 @@ pub struct EndpointRecord {
 }
 
 impl EndpointRecord {
-    pub fn state(&self) -> EndpointStateName {
+    /// Where the endpoint is in Cilium's lifecycle, given the identity whose policy its map
+    /// holds (`None` before the first).
+    pub fn state(&self, policy_for: Option<u32>) -> EndpointStateName {
         if self.identity == ReservedIdentity::Init.id().0 {
             EndpointStateName::WaitingForIdentity
+        } else if policy_for != Some(self.identity) {
+            EndpointStateName::WaitingToRegenerate
         } else {
             EndpointStateName::Ready
         }
     }
 
-    pub fn model(&self) -> EndpointModel {
+    pub fn model(&self, state: EndpointStateName) -> EndpointModel {
         EndpointModel {
             id: self.id,
             container_id: self.container_id.clone(),
@@ -48,7 +52,7 @@ impl EndpointRecord {
             ipv4: self.ipv4,
             identity: self.identity,
             labels: self.labels.clone(),
-            state: self.state(),
+            state,
             ingress_enforced: false,
             egress_enforced: false,
         }
@@ -285,11 +289,18 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_state_follows_the_identity() {
+    fn the_state_follows_the_identity_and_its_policy() {
         let mut r = record(1, "a", [10, 0, 1, 2]);
-        assert_eq!(r.state(), EndpointStateName::WaitingForIdentity);
+        assert_eq!(r.state(None), EndpointStateName::WaitingForIdentity);
         r.identity = 31_000;
-        assert_eq!(r.state(), EndpointStateName::Ready);
+        assert_eq!(r.state(None), EndpointStateName::WaitingToRegenerate);
+        assert_eq!(r.state(Some(31_000)), EndpointStateName::Ready);
+        // Relabelled: the map still holds the old identity's policy.
+        r.identity = 31_001;
+        assert_eq!(
+            r.state(Some(31_000)),
+            EndpointStateName::WaitingToRegenerate
+        );
     }
 
     #[test]

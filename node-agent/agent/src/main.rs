@@ -90,6 +90,10 @@ struct Args {
     /// The node's native devices (the prefilter's).
     #[arg(long = "devices", value_delimiter = ',')]
     devices: Vec<String>,
+    /// How long CNI ADD (a `sync-build` endpoint creation) waits for the pod's identity and
+    /// policy before failing with "try again later" (ours: Cilium's plugin waits unbounded).
+    #[arg(long = "endpoint-sync-build-timeout", default_value = "30s", value_parser = parse_duration)]
+    sync_build_timeout: Duration,
     #[command(flatten)]
     config: ConfigDir,
 }
@@ -164,6 +168,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let settings = AgentSettings {
         enforcement: args.enforcement,
         prefilter_devices,
+        sync_build_timeout: args.sync_build_timeout,
     };
     let agent = Arc::new(Agent::new(
         node,

@@ -53,14 +53,74 @@ fn validity(problems: Vec<String>, rules: &[Rule]) -> Validity {
     }
     let l7 = rules
         .iter()
-        .any(|r| r.ingress.iter().chain(&r.egress).any(|s| s.has_l7));
+        .any(|r| r.ingress.iter().chain(&r.egress).any(|s| s.has_l7()));
     Validity {
         valid: true,
         message: if l7 {
-            "Policy validation succeeded; L7 rules (http, dns, ...) are not enforced yet: only their L4 part is".into()
+            "Policy validation succeeded; L7 rules (http, dns, ...) are not enforced yet: their ports stay closed to the rule's peers".into()
         } else {
             "Policy validation succeeded".into()
         },
+    }
+}
+
+/// The last valid version of a policy, enforced while later edits of the same object are
+/// invalid (a typo must not open the door).
+#[derive(Debug, Clone)]
+struct LastGood {
+    uid: Option<String>,
+    generation: Option<i64>,
+    rules: Vec<Rule>,
+}
+
+/// Each policy's last valid version.
+#[derive(Debug, Default)]
+struct LastGoodVersions(BTreeMap<PolicyRef, LastGood>);
+
+impl LastGoodVersions {
+    /// The rules to enforce for the policy `reference` (object `uid` at `generation`)
+    /// that parsed to `parsed`, and what its `Valid` condition says.
+    fn admit(
+        &mut self,
+        reference: &PolicyRef,
+        uid: Option<String>,
+        generation: Option<i64>,
+        parsed: Result<Vec<Rule>, Vec<String>>,
+    ) -> (Vec<Rule>, Validity) {
+        match parsed {
+            Ok(rules) => {
+                let validity = validity(vec![], &rules);
+                self.0.insert(
+                    reference.clone(),
+                    LastGood {
+                        uid,
+                        generation,
+                        rules: rules.clone(),
+                    },
+                );
+                (rules, validity)
+            }
+            Err(problems) => {
+                let mut validity = validity(problems, &[]);
+                // A new object of the same name starts without history.
+                match self.0.get(reference).filter(|last| last.uid == uid) {
+                    Some(last) => {
+                        let version = last
+                            .generation
+                            .map(|g| format!(" (generation {g})"))
+                            .unwrap_or_default();
+                        validity
+                            .message
+                            .push_str(&format!("; the last valid version{version} stays enforced"));
+                        (last.rules.clone(), validity)
+                    }
+                    None => {
+                        self.0.remove(reference);
+                        (Vec::new(), validity)
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -68,6 +128,7 @@ pub struct PolicyState {
     /// The cluster policies are read in (and whether selectors stay in it).
     cluster: LocalCluster,
     rules: Vec<Rule>,
+    last_good: LastGoodVersions,
     cache: SelectorCache,
     cidrs: CidrIdentities,
     mode: EnforcementMode,
@@ -80,6 +141,7 @@ impl PolicyState {
         Self {
             cluster,
             rules: Vec::new(),
+            last_good: LastGoodVersions::default(),
             cache: SelectorCache::default(),
             cidrs: CidrIdentities::default(),
             mode,
@@ -88,7 +150,8 @@ impl PolicyState {
     }
 
     /// Reads every policy: the valid ones' rules replace the current set; each policy's
-    /// validity is returned for its status. An invalid policy contributes no rule at all.
+    /// validity is returned for its status. An invalid policy contributes no rule of its
+    /// own; if an earlier version of the same object was valid, that version's rules stay.
     pub fn load(
         &mut self,
         cnps: &[Arc<CiliumNetworkPolicy>],
@@ -97,13 +160,20 @@ impl PolicyState {
         let cluster = &self.cluster;
         let mut rules = Vec::new();
         let mut validities = BTreeMap::new();
+        let mut admit = |reference: PolicyRef, meta: &kube::api::ObjectMeta, parsed| {
+            let (admitted, validity) =
+                self.last_good
+                    .admit(&reference, meta.uid.clone(), meta.generation, parsed);
+            rules.extend(admitted);
+            validities.insert(reference, validity);
+        };
         for cnp in cnps {
             let reference = PolicyRef {
                 namespace: cnp.metadata.namespace.clone(),
                 name: cnp.metadata.name.clone().unwrap_or_default(),
             };
             let parsed = checked(cnp.as_ref()).and_then(|()| parse_cnp(cnp, cluster));
-            validities.insert(reference, take(parsed, &mut rules));
+            admit(reference, &cnp.metadata, parsed);
         }
         for ccnp in ccnps {
             let reference = PolicyRef {
@@ -111,8 +181,12 @@ impl PolicyState {
                 name: ccnp.metadata.name.clone().unwrap_or_default(),
             };
             let parsed = checked(ccnp.as_ref()).and_then(|()| parse_ccnp(ccnp, cluster));
-            validities.insert(reference, take(parsed, &mut rules));
+            admit(reference, &ccnp.metadata, parsed);
         }
+        // Deleted policies leave no history behind.
+        self.last_good
+            .0
+            .retain(|reference, _| validities.contains_key(reference));
         self.cidrs.update(&rules);
         if rules != self.rules {
             // Selections of selectors no rule uses any more would be kept current forever;
@@ -187,13 +261,66 @@ fn checked(policy: &impl PolicyObject) -> Result<(), Vec<String>> {
     }
 }
 
-fn take(parsed: Result<Vec<Rule>, Vec<String>>, rules: &mut Vec<Rule>) -> Validity {
-    match parsed {
-        Ok(parsed) => {
-            let validity = validity(vec![], &parsed);
-            rules.extend(parsed);
-            validity
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cnp(uid: &str, generation: i64, port: &str) -> Arc<CiliumNetworkPolicy> {
+        let mut cnp: CiliumNetworkPolicy = serde_yaml::from_str(&format!(
+            r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: db, namespace: default}}
+spec:
+  endpointSelector: {{matchLabels: {{app: db}}}}
+  ingress:
+  - fromEndpoints: [{{matchLabels: {{app: employee}}}}]
+    toPorts: [{{ports: [{{port: "{port}", protocol: TCP}}]}}]
+"#
+        ))
+        .expect("cnp");
+        cnp.metadata.uid = Some(uid.into());
+        cnp.metadata.generation = Some(generation);
+        Arc::new(cnp)
+    }
+
+    fn reference() -> PolicyRef {
+        PolicyRef {
+            namespace: Some("default".into()),
+            name: "db".into(),
         }
-        Err(problems) => validity(problems, &[]),
+    }
+
+    #[test]
+    fn an_invalid_edit_keeps_the_last_valid_version() {
+        let mut state = PolicyState::new(EnforcementMode::Default, LocalCluster::new("c1"));
+        let valid = state.load(&[cnp("u1", 1, "6379")], &[]);
+        assert!(valid[&reference()].valid);
+        let (_, enforced) = state.rules_json();
+        // A port out of range: the edit is invalid.
+        let invalid = state.load(&[cnp("u1", 2, "99999")], &[]);
+        let validity = &invalid[&reference()];
+        assert!(!validity.valid);
+        assert!(
+            validity.message.contains("ports[0].port")
+                && validity
+                    .message
+                    .contains("the last valid version (generation 1) stays enforced"),
+            "{}",
+            validity.message
+        );
+        assert_eq!(state.rules_json().1, enforced, "generation 1's rules stay");
+
+        // Another object of the same name (deleted and created again) has no history.
+        let recreated = state.load(&[cnp("u2", 1, "99999")], &[]);
+        assert!(!recreated[&reference()].message.contains("stays enforced"));
+        assert_eq!(state.rule_count(), 0);
+
+        // A fixed edit replaces the kept version; a deletion forgets it.
+        state.load(&[cnp("u2", 2, "6380")], &[]);
+        assert_eq!(state.rule_count(), 1);
+        state.load(&[], &[]);
+        state.load(&[cnp("u2", 3, "99999")], &[]);
+        assert_eq!(state.rule_count(), 0, "no history after the deletion");
     }
 }

@@ -12,7 +12,7 @@ use cilium_crds::pod_identity::{parse_identity, pod_identity_labels};
 use cilium_crds::{
     CiliumClusterwideNetworkPolicy, CiliumEndpoint, CiliumIdentity, CiliumNetworkPolicy, CiliumNode,
 };
-use cilium_identity::{LabelFilter, LabelSet};
+use cilium_identity::{LabelFilter, LabelSet, ReservedIdentity};
 use cilium_netdev::Netlink;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -80,6 +80,15 @@ impl Caches {
         self.endpoint_slices.wait_until_ready().await?;
         self.endpoints.wait_until_ready().await
     }
+}
+
+/// The labels an endpoint record carries (`source:key=value` texts).
+fn record_labels(record: &EndpointRecord) -> Result<LabelSet, String> {
+    record
+        .labels
+        .iter()
+        .map(|text| cilium_identity::Label::parse(text).map_err(|e| format!("label {text:?}: {e}")))
+        .collect()
 }
 
 /// Every CiliumIdentity's number and labels; objects that do not parse are skipped.
@@ -254,11 +263,24 @@ impl Reconciler {
         let _ = self.agent.controller(controllers::POLICY, || {
             let mut failed = Vec::new();
             for record in self.agent.records() {
-                let Some(labels) = state.labels(record.identity).cloned() else {
+                // An endpoint waiting for its identity keeps a map that drops everything.
+                if record.identity == ReservedIdentity::Init.id().0 {
                     continue;
+                }
+                // The identity's labels; the endpoint's own if its CiliumIdentity is gone
+                // (deleted, or not yet seen): it still gets every policy change.
+                let labels = match state.labels(record.identity) {
+                    Some(labels) => labels.clone(),
+                    None => match record_labels(&record) {
+                        Ok(labels) => labels,
+                        Err(e) => {
+                            failed.push(format!("endpoint {}: {e}", record.id));
+                            continue;
+                        }
+                    },
                 };
                 let policy = state.endpoint(&labels);
-                if let Err(e) = self.agent.set_policy(record.id, policy) {
+                if let Err(e) = self.agent.set_policy(record.id, record.identity, policy) {
                     tracing::warn!(id = record.id, error = %e, "setting the endpoint's policy failed; it drops all traffic until a policy fits");
                     failed.push(e.to_string());
                 }
@@ -390,11 +412,8 @@ impl Reconciler {
     }
 
     async fn sync_endpoint(&self, record: &EndpointRecord) -> Result<(), kube::Error> {
-        let status = cep::status(
-            record,
-            self.agent.node().ip,
-            self.agent.enforcement(record.id),
-        );
+        let (state, enforcement) = self.agent.lifecycle(record);
+        let status = cep::status(record, self.agent.node().ip, state, enforcement);
         let api: Api<CiliumEndpoint> = Api::namespaced(self.client.clone(), &record.k8s_namespace);
         let existing = self
             .caches

@@ -44,13 +44,21 @@ pub struct EndpointChangeRequest {
     /// MAC addresses of the pod side and of the host side, `aa:bb:…`.
     pub mac: String,
     pub host_mac: String,
+    /// Cilium's `sync-build`: answer only once the endpoint's identity is resolved and its
+    /// policy is in its map (or fail, undoing the endpoint, after the agent's timeout).
+    #[serde(default)]
+    pub sync_build: bool,
 }
 
 /// Cilium's endpoint states (the ones this agent passes through).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EndpointStateName {
+    /// No security identity yet: the endpoint drops everything.
     WaitingForIdentity,
+    /// The identity is known, its policy not yet in the endpoint's map (which still holds
+    /// the previous identity's policy, or drops everything).
+    WaitingToRegenerate,
     Ready,
 }
 
@@ -58,6 +66,7 @@ impl fmt::Display for EndpointStateName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             EndpointStateName::WaitingForIdentity => "waiting-for-identity",
+            EndpointStateName::WaitingToRegenerate => "waiting-to-regenerate",
             EndpointStateName::Ready => "ready",
         })
     }

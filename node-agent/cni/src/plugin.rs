@@ -18,6 +18,10 @@ fn agent_error(what: &str, e: ClientError) -> CniError {
             format!("{what}: cilium-agent is not reachable"),
             e.to_string(),
         ),
+        // The agent is starting, or the endpoint did not get ready in time: retryable.
+        ClientError::Api { status: 503, .. } => {
+            CniError::new(codes::TRY_AGAIN_LATER, format!("{what}: {e}"), "")
+        }
         ClientError::Api { .. } => CniError::new(codes::AGENT_REFUSED, format!("{what}: {e}"), ""),
         ClientError::Protocol { .. } => {
             CniError::new(codes::IO_FAILURE, format!("{what}: {e}"), "")
@@ -141,6 +145,7 @@ async fn wire(
         ipv4: allocation.ipv4,
         mac: mac_text(inner.mac),
         host_mac: mac_text(outer.mac),
+        sync_build: true,
     };
     client
         .put_endpoint(&endpoint)

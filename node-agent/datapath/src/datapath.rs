@@ -618,7 +618,16 @@ impl Datapath {
         for (link, _, _) in Self::endpoint_links(id) {
             unpin_link(&self.link_path(&link))?;
         }
-        for key in self.endpoint_keys(id)? {
+        let keys = self.endpoint_keys(id)?;
+        // The endpoint's connections go with it: a pod that gets the address next must not
+        // inherit them (their replies would pass without a policy lookup).
+        let scrubbed = self.ct_remove_where(|key, entry| {
+            entry.endpoint_id == id
+                || keys
+                    .iter()
+                    .any(|k| k.family == key.family && (k.addr == key.saddr || k.addr == key.daddr))
+        })?;
+        for key in keys {
             self.endpoints
                 .remove(&key)
                 .map_err(Error::map("cilium_lxc"))?;
@@ -634,7 +643,7 @@ impl Datapath {
                 reason: format!("{}: {e}", pin.display()),
             })?;
         }
-        debug!(id, "endpoint detached");
+        debug!(id, scrubbed, "endpoint detached");
         Ok(())
     }
 
@@ -993,20 +1002,28 @@ impl Datapath {
     /// Deletes expired connection-tracking entries; returns how many.
     pub fn ct_gc(&mut self) -> Result<usize, Error> {
         let now = monotonic_ns()?;
-        let mut expired = Vec::new();
+        self.ct_remove_where(|_, entry| entry.expires_ns < now)
+    }
+
+    /// Deletes the connection-tracking entries `doomed` picks; returns how many.
+    fn ct_remove_where(
+        &mut self,
+        doomed: impl Fn(&abi::CtKey, &abi::CtEntry) -> bool,
+    ) -> Result<usize, Error> {
+        let mut picked = Vec::new();
         for item in self.ct.iter() {
             let (key, value) = item.map_err(Error::map("cilium_ct_global"))?;
-            if value.expires_ns < now {
-                expired.push(key);
+            if doomed(&key, &value) {
+                picked.push(key);
             }
         }
-        for key in &expired {
+        for key in &picked {
             match self.ct.remove(key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(Error::map("cilium_ct_global")(e)),
             }
         }
-        Ok(expired.len())
+        Ok(picked.len())
     }
 }
 

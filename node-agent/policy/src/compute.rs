@@ -8,7 +8,7 @@ use cilium_datapath::{Direction, L4Match, PolicyKey, PolicyMap, Verdict};
 use cilium_identity::{LabelSet, ReservedIdentity};
 
 use crate::cache::{CidrIdentities, SelectorCache};
-use crate::rules::{Peer, PeerRule, Rule};
+use crate::rules::{L4Scope, Peer, PeerRule, Rule};
 use crate::selector::Selector;
 
 /// The wildcard identity of the policy map: any peer.
@@ -56,7 +56,8 @@ pub struct EndpointPolicy {
     pub map: PolicyMap,
     pub ingress_enforced: bool,
     pub egress_enforced: bool,
-    /// Some selecting rule has L7 rules, of which only the L4 part is enforced.
+    /// Some selecting rule has L7 rules: L7 is not enforced, so their ports stay closed to
+    /// those peers (unless another rule opens them at L4, as Cilium's L4-only rules do).
     pub l7_not_enforced: bool,
 }
 
@@ -67,7 +68,8 @@ fn sections(rule: &Rule, direction: Direction) -> (&[PeerRule], &[PeerRule], boo
     }
 }
 
-/// The identities a section's peers stand for, with `requires` ANDed into selectors.
+/// The identities a section's peers stand for, with `requires` ANDed into its endpoint
+/// selectors (not into entities or CIDRs, as in Cilium).
 fn peer_identities(
     section: &PeerRule,
     requires: &[Selector],
@@ -77,8 +79,11 @@ fn peer_identities(
     let mut identities = BTreeSet::new();
     for peer in &section.peers {
         match peer {
-            Peer::Endpoints(selector) => {
-                let selector = requires.iter().fold(selector.clone(), |s, r| s.and(r));
+            Peer::Endpoints(selector) | Peer::Entity(selector) => {
+                let selector = match peer {
+                    Peer::Endpoints(_) => requires.iter().fold(selector.clone(), |s, r| s.and(r)),
+                    _ => selector.clone(),
+                };
                 if selector.is_all() {
                     identities.insert(ANY_PEER);
                 } else {
@@ -108,11 +113,13 @@ fn entries(
     cache: &mut SelectorCache,
     cidrs: &CidrIdentities,
 ) -> Vec<(PolicyKey, Verdict)> {
-    let l4: Vec<L4Match> = if section.l4.is_empty() {
-        vec![L4Match::Any]
-    } else {
-        section.l4.clone()
+    let l4: Vec<L4Match> = match &section.l4 {
+        L4Scope::Any => vec![L4Match::Any],
+        L4Scope::Only(l4) => l4.clone(),
     };
+    if l4.is_empty() {
+        return Vec::new();
+    }
     let identities = peer_identities(section, requires, cache, cidrs);
     identities
         .into_iter()
@@ -149,14 +156,19 @@ pub fn endpoint_policy(
         .into_iter()
         .enumerate()
     {
-        let requires: Vec<Selector> = selecting
-            .iter()
-            .flat_map(|r| {
-                let (allow, deny, _) = sections(r, direction);
-                allow.iter().chain(deny)
-            })
-            .flat_map(|s| s.requires.iter().cloned())
-            .collect();
+        // Requirements of every selecting rule, allow and deny kept apart (Cilium's
+        // `requirements` and `requirementsDeny`).
+        let requirements = |deny: bool| -> Vec<Selector> {
+            selecting
+                .iter()
+                .flat_map(|r| {
+                    let (allow, denies, _) = sections(r, direction);
+                    if deny { denies } else { allow }
+                })
+                .flat_map(|s| s.requires.iter().cloned())
+                .collect()
+        };
+        let (requires, requires_deny) = (requirements(false), requirements(true));
         enforced[slot] =
             mode == EnforcementMode::Always || selecting.iter().any(|r| sections(r, direction).2);
         if enforced[slot] {
@@ -192,7 +204,7 @@ pub fn endpoint_policy(
                     section,
                     direction,
                     Verdict::Deny,
-                    &requires,
+                    &requires_deny,
                     cache,
                     cidrs,
                 ));
@@ -205,7 +217,7 @@ pub fn endpoint_policy(
         egress_enforced: enforced[1],
         l7_not_enforced: selecting
             .iter()
-            .any(|r| r.ingress.iter().chain(&r.egress).any(|s| s.has_l7)),
+            .any(|r| r.ingress.iter().chain(&r.egress).any(PeerRule::has_l7)),
     }
 }
 
@@ -560,6 +572,188 @@ spec:
             !world.allows(DB, Direction::Ingress, 2, PROTO_TCP, 1),
             "world is not cluster"
         );
+    }
+
+    /// Cilium's `examples/policies/l3/egress-default-deny.yaml` and its ingress twin: an
+    /// empty rule selects no peer, and the endpoint becomes default-deny that way.
+    #[test]
+    fn an_empty_rule_selects_no_peer_and_denies_by_default() {
+        for direction in ["ingress", "egress"] {
+            let policy = format!(
+                r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: deny-all, namespace: default}}
+spec:
+  endpointSelector: {{matchLabels: {{app: stranger}}}}
+  {direction}:
+  - {{}}
+"#
+            );
+            let mut world = World::new(&[&policy]);
+            let stranger = world.policy(STRANGER);
+            let dir = if direction == "ingress" {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            };
+            assert_eq!(
+                (stranger.ingress_enforced, stranger.egress_enforced),
+                (dir == Direction::Ingress, dir == Direction::Egress)
+            );
+            for peer in [EMPLOYEE, DB, 2, 6] {
+                assert!(
+                    !world.allows(STRANGER, dir, peer, PROTO_TCP, 80),
+                    "{direction} {peer}"
+                );
+                assert!(
+                    !world.allows(STRANGER, dir, peer, PROTO_ICMP, 8),
+                    "{direction} {peer}"
+                );
+            }
+            // A section with only requirements selects no peer either.
+            let requires_only = policy.replace(
+                "- {}",
+                &format!(
+                    "- {}Requires: [{{matchLabels: {{app: employee}}}}]",
+                    if dir == Direction::Ingress {
+                        "from"
+                    } else {
+                        "to"
+                    }
+                ),
+            );
+            let mut world = World::new(&[&requires_only]);
+            assert!(
+                !world.allows(STRANGER, dir, EMPLOYEE, PROTO_TCP, 80),
+                "{direction}"
+            );
+        }
+    }
+
+    /// Cilium's L4-only rule ("Limit ingress/egress ports"): ports without a peer admit
+    /// every peer on those ports.
+    #[test]
+    fn a_rule_with_only_ports_admits_every_peer_on_them() {
+        let policy = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l4-only, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: employee}}
+  egress:
+  - toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+  - icmps: [{fields: [{type: Echo}]}]
+"#;
+        let mut world = World::new(&[policy]);
+        for peer in [DB, STRANGER, 2, 1] {
+            assert!(world.allows(EMPLOYEE, Direction::Egress, peer, PROTO_TCP, 80));
+            assert!(!world.allows(EMPLOYEE, Direction::Egress, peer, PROTO_TCP, 81));
+            assert!(world.allows(EMPLOYEE, Direction::Egress, peer, PROTO_ICMP, 8));
+        }
+    }
+
+    /// Cilium's `requirements` narrow `fromEndpoints` only, and the deny sections' own
+    /// requirements (`requirementsDeny`) never narrow an allow, nor the other way round.
+    #[test]
+    fn requirements_narrow_endpoints_only_and_allow_and_deny_apart() {
+        let policy = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: protected-db}}
+  ingress:
+  - fromEndpoints: [{}]
+    fromEntities: [host, world]
+  - fromRequires: [{matchLabels: {app: employee}}]
+  ingressDeny:
+  - fromEndpoints: [{}]
+    toPorts: [{ports: [{port: "22", protocol: TCP}]}]
+  - fromRequires: [{matchLabels: {app: stranger}}]
+"#;
+        let mut world = World::new(&[policy]);
+        assert!(world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 80));
+        assert!(
+            !world.allows(DB, Direction::Ingress, STRANGER, PROTO_TCP, 80),
+            "the allow requirement narrows fromEndpoints"
+        );
+        assert!(
+            world.allows(DB, Direction::Ingress, 2, PROTO_TCP, 80),
+            "entities are not narrowed"
+        );
+        assert!(
+            world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 22),
+            "the deny is narrowed to strangers by the deny requirement, not the allow one"
+        );
+        assert!(!world.allows(DB, Direction::Ingress, STRANGER, PROTO_TCP, 22));
+    }
+
+    /// The seed document's L7 policy: until L7 is enforced, its port stays closed to the
+    /// peers it names (never opened at L4); an L4-only rule elsewhere still opens it.
+    #[test]
+    fn l7_rules_keep_their_port_closed() {
+        let l7 = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: rule1, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: protected-db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: employee}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules: {http: [{method: POST, path: /v1/request-landing}]}
+    - ports: [{port: "6379", protocol: TCP}]
+"#;
+        let mut world = World::new(&[l7]);
+        let db = world.policy(DB);
+        assert!(db.ingress_enforced && db.l7_not_enforced);
+        assert!(!world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 80));
+        assert!(world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 6379));
+        let only_l7 = l7.replace("    - ports: [{port: \"6379\", protocol: TCP}]\n", "");
+        let mut world = World::new(&[&only_l7]);
+        for port in [80, 6379, 1] {
+            assert!(
+                !world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, port),
+                "{port}"
+            );
+        }
+        let l4 = PROTECTED_DB.replace("6379", "80");
+        let mut world = World::new(&[&only_l7, &l4]);
+        assert!(world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 80));
+    }
+
+    #[test]
+    fn unenforceable_fields_reject_the_policy() {
+        for (field, needle) in [
+            (
+                "authentication: {mode: required}",
+                "spec.ingress[0].authentication.mode: \"required\"",
+            ),
+            (
+                "toPorts: [{ports: [{port: \"443\"}], serverNames: [a.example]}]",
+                "spec.ingress[0].toPorts[0].serverNames",
+            ),
+            (
+                "icmps: [{fields: [{type: PacketTooBig}]}]",
+                "\"PacketTooBig\" is not an IPv4 ICMP type",
+            ),
+        ] {
+            let yaml = PROTECTED_DB.replace(
+                "    toPorts:\n    - ports: [{port: \"6379\", protocol: TCP}]\n",
+                &format!("    {field}\n"),
+            );
+            let cnp: CiliumNetworkPolicy = serde_yaml::from_str(&yaml).expect("cnp");
+            let problems = parse_cnp(&cnp, &LocalCluster::new("c1")).expect_err(field);
+            assert!(problems.iter().any(|p| p.contains(needle)), "{problems:?}");
+        }
+        let disabled = PROTECTED_DB.replace(
+            "    toPorts:\n",
+            "    authentication: {mode: disabled}\n    toPorts:\n",
+        );
+        let cnp: CiliumNetworkPolicy = serde_yaml::from_str(&disabled).expect("cnp");
+        assert!(parse_cnp(&cnp, &LocalCluster::new("c1")).is_ok());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use cilium_datapath::L4Match;
 use cilium_datapath::policy::{PROTO_ICMP, PROTO_ICMPV6, protocol_name};
 use serde_json::{Map, Value, json};
 
-use crate::rules::{Peer, PeerRule, Rule};
+use crate::rules::{L4Scope, Peer, PeerRule, Rule};
 use crate::selector::{Op, Requirement, Selector};
 
 fn key_text(requirement: &Requirement) -> String {
@@ -129,7 +129,7 @@ fn peer_rule_json(section: &PeerRule, side: &str) -> Value {
         .peers
         .iter()
         .filter_map(|p| match p {
-            Peer::Endpoints(selector) => Some(selector_json(selector)),
+            Peer::Endpoints(selector) | Peer::Entity(selector) => Some(selector_json(selector)),
             Peer::Cidr { .. } => None,
         })
         .collect();
@@ -144,7 +144,7 @@ fn peer_rule_json(section: &PeerRule, side: &str) -> Value {
                 let except: Vec<String> = except.iter().map(ToString::to_string).collect();
                 Some(json!({"cidr": cidr.to_string(), "except": except}))
             }
-            Peer::Endpoints(_) => None,
+            Peer::Endpoints(_) | Peer::Entity(_) => None,
         })
         .collect();
     if !endpoints.is_empty() {
@@ -159,7 +159,15 @@ fn peer_rule_json(section: &PeerRule, side: &str) -> Value {
             section.requires.iter().map(selector_json).collect(),
         );
     }
-    l4_json(&section.l4, &mut out);
+    if let L4Scope::Only(l4) = &section.l4 {
+        l4_json(l4, &mut out);
+    }
+    if section.has_l7() {
+        // Not Cilium's: the ports of L7 rules, which stay closed while L7 is not enforced.
+        let mut closed = Map::new();
+        l4_json(&section.l7_ports, &mut closed);
+        out.insert("l7NotEnforcedClosedPorts".into(), Value::Object(closed));
+    }
     Value::Object(out)
 }
 

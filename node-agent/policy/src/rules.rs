@@ -4,15 +4,16 @@
 
 use std::fmt;
 
+use cilium_crds::icmp::icmp_type_number;
 use cilium_crds::policy::{
-    CidrRule, Entity, IcmpFamily, IcmpRule, PortProtocol, Protocol, Rule as ApiRule,
+    Authentication, AuthenticationMode, CidrRule, Entity, IcmpFamily, IcmpRule, PortProtocol,
+    PortRule, Protocol, Rule as ApiRule,
 };
 use cilium_crds::selector::EndpointSelector;
 use cilium_crds::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy};
 use cilium_datapath::L4Match;
 use cilium_datapath::policy::{PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use ipnet::IpNet;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::selector::Selector;
 
@@ -41,23 +42,43 @@ impl fmt::Display for PolicyRef {
 /// Who a rule admits (or denies).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Peer {
-    /// Identities whose labels match (entities are selectors on reserved labels).
+    /// `fromEndpoints`/`toEndpoints` (or the all-peers wildcard of a rule with only
+    /// ports): identities whose labels match, narrowed by the direction's requirements.
     Endpoints(Selector),
+    /// An entity: a selector on reserved (or cluster) labels, which requirements do not
+    /// narrow (as Cilium's aggregated selectors).
+    Entity(Selector),
     /// CIDR identities inside `cidr` and outside every `except`.
     Cidr { cidr: IpNet, except: Vec<IpNet> },
+}
+
+/// The protocols and ports a section covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum L4Scope {
+    /// No `toPorts` or `icmps`: every protocol and port.
+    Any,
+    /// These only (none, when every port given carries L7 rules).
+    Only(Vec<L4Match>),
 }
 
 /// One ingress or egress section of a rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerRule {
+    /// Empty: the section selects no peer (Cilium's empty rule `{}`).
     pub peers: Vec<Peer>,
-    /// `fromRequires` / `toRequires`: every selecting rule's are ANDed into every peer
-    /// selector for the endpoint.
+    /// `fromRequires` / `toRequires`: every selecting rule's, allow and deny apart, are
+    /// ANDed into the `Endpoints` peers of that kind of section for the endpoint.
     pub requires: Vec<Selector>,
-    /// Empty: every protocol and port.
-    pub l4: Vec<L4Match>,
-    /// The section has L7 rules (enforced at L4 only).
-    pub has_l7: bool,
+    pub l4: L4Scope,
+    /// Ports whose `toPorts` entry has L7 rules. L7 is not enforced yet, so they are not
+    /// opened to the section's peers at all (fail-closed), rather than opened at L4.
+    pub l7_ports: Vec<L4Match>,
+}
+
+impl PeerRule {
+    pub fn has_l7(&self) -> bool {
+        !self.l7_ports.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,9 +148,9 @@ impl Context<'_> {
     }
 
     fn entity(&self, entity: Entity) -> Vec<Peer> {
-        let reserved = |name: &str| Peer::Endpoints(Selector::reserved(name));
+        let reserved = |name: &str| Peer::Entity(Selector::reserved(name));
         match entity {
-            Entity::All => vec![Peer::Endpoints(Selector::all())],
+            Entity::All => vec![Peer::Entity(Selector::all())],
             Entity::World | Entity::WorldIpv4 | Entity::WorldIpv6 => vec![reserved("world")],
             Entity::Host => vec![reserved("host")],
             Entity::RemoteNode => vec![reserved("remote-node")],
@@ -147,11 +168,12 @@ impl Context<'_> {
                     "health",
                     "ingress",
                     "unmanaged",
+                    "kube-apiserver",
                 ]
                 .into_iter()
                 .map(reserved)
                 .collect();
-                peers.push(Peer::Endpoints(self.local_cluster()));
+                peers.push(Peer::Entity(self.local_cluster()));
                 peers
             }
         }
@@ -168,6 +190,12 @@ impl Context<'_> {
     }
 
     fn cidr_set(&mut self, path: &str, set: &CidrRule) -> Option<Peer> {
+        if set.cidr_group_ref.is_some() || set.cidr_group_selector.is_some() {
+            self.problems.push(format!(
+                "{path}: CiliumCIDRGroup references are not supported; the rule is not applied"
+            ));
+            return None;
+        }
         let cidr = self.cidr(&format!("{path}.cidr"), &set.cidr.0)?;
         let mut except = Vec::new();
         for (i, e) in set.except.iter().flatten().enumerate() {
@@ -217,14 +245,16 @@ impl Context<'_> {
         let mut matches = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
             for (j, field) in rule.fields.iter().flatten().enumerate() {
-                let v6 = field.family == Some(IcmpFamily::IPv6);
-                let protocol = if v6 { PROTO_ICMPV6 } else { PROTO_ICMP };
-                match icmp_type(&field.icmp_type, v6) {
-                    Some(t) => matches.push(L4Match::port(protocol, u16::from(t))),
-                    None => self.problems.push(format!(
-                        "{path}[{i}].fields[{j}].type: {:?} is not a known ICMP type",
-                        field.icmp_type
-                    )),
+                let family = field.family.unwrap_or_default();
+                let protocol = match family {
+                    IcmpFamily::IPv4 => PROTO_ICMP,
+                    IcmpFamily::IPv6 => PROTO_ICMPV6,
+                };
+                match icmp_type_number(&field.icmp_type, family) {
+                    Ok(t) => matches.push(L4Match::port(protocol, u16::from(t))),
+                    Err(e) => self
+                        .problems
+                        .push(format!("{path}[{i}].fields[{j}].type: {e}")),
                 }
             }
         }
@@ -232,28 +262,34 @@ impl Context<'_> {
     }
 }
 
-/// The number of an ICMP type given as a number or by Cilium's name.
-fn icmp_type(value: &IntOrString, v6: bool) -> Option<u8> {
-    match value {
-        IntOrString::Int(n) => u8::try_from(*n).ok(),
-        IntOrString::String(name) => {
-            let (v4, v6_type) = match name.as_str() {
-                "EchoReply" => (0, 129),
-                "DestinationUnreachable" => (3, 1),
-                "Redirect" => (5, 137),
-                "EchoRequest" => (8, 128),
-                "TimeExceeded" => (11, 3),
-                "ParameterProblem" => (12, 4),
-                "PacketTooBig" => (255, 2),
-                "RouterSolicitation" => (10, 133),
-                "RouterAdvertisement" => (9, 134),
-                "NeighborSolicitation" => (255, 135),
-                "NeighborAdvertisement" => (255, 136),
-                _ => return name.parse().ok(),
-            };
-            let t: u8 = if v6 { v6_type } else { v4 };
-            (t != 255).then_some(t)
+/// TLS interception, SNI matching and Envoy listeners restrict what a port admits; not
+/// enforced here, so a rule using them is refused rather than applied wider.
+fn unsupported_port_fields(context: &mut Context<'_>, path: &str, ports: &[PortRule]) {
+    for (i, port) in ports.iter().enumerate() {
+        let used = [
+            ("terminatingTLS", port.terminating_tls.is_some()),
+            ("originatingTLS", port.originating_tls.is_some()),
+            ("serverNames", port.server_names.is_some()),
+            ("listener", port.listener.is_some()),
+        ];
+        for (field, _) in used.iter().filter(|(_, set)| *set) {
+            context.problems.push(format!(
+                "{path}.toPorts[{i}].{field}: not enforced by this agent; the rule is not applied"
+            ));
         }
+    }
+}
+
+/// `authentication.mode: required` asks that unauthenticated peers be dropped; this agent
+/// has no mutual authentication, so such a rule is refused (never applied weaker).
+fn authentication(context: &mut Context<'_>, path: &str, auth: Option<&Authentication>) {
+    if let Some(auth) = auth
+        && auth.mode != AuthenticationMode::Disabled
+    {
+        context.problems.push(format!(
+            "{path}.authentication.mode: {} needs mutual authentication, which this agent does not provide; the rule is not applied",
+            serde_json::to_string(&auth.mode).unwrap_or_default()
+        ));
     }
 }
 
@@ -264,9 +300,9 @@ struct Section<'a> {
     cidrs: &'a Option<Vec<cilium_crds::cidr::Cidr>>,
     cidr_sets: &'a Option<Vec<CidrRule>>,
     entities: &'a Option<Vec<Entity>>,
-    ports: Vec<&'a [PortProtocol]>,
+    /// Each `toPorts` entry's ports, and whether it has L7 rules.
+    ports: Vec<(&'a [PortProtocol], bool)>,
     icmps: &'a Option<Vec<IcmpRule>>,
-    has_l7: bool,
 }
 
 fn peer_rule(context: &mut Context<'_>, path: &str, section: Section<'_>) -> PeerRule {
@@ -294,8 +330,11 @@ fn peer_rule(context: &mut Context<'_>, path: &str, section: Section<'_>) -> Pee
         && section.entities.is_none()
         && section.cidrs.is_none()
         && section.cidr_sets.is_none();
-    // A section with only ports (or nothing) applies to every peer.
-    if no_peer_given {
+    let asked_for_l4 = !section.ports.is_empty() || section.icmps.is_some();
+    // As Cilium: a section with ports but no peer is an L4-only rule for every peer; a
+    // section with neither (`{}`, or only requirements) selects no peer, which still
+    // makes the endpoint default-deny in that direction.
+    if no_peer_given && asked_for_l4 {
         peers.push(Peer::Endpoints(Selector::all()));
     }
     let requires = section
@@ -304,16 +343,20 @@ fn peer_rule(context: &mut Context<'_>, path: &str, section: Section<'_>) -> Pee
         .flatten()
         .map(|s| context.peer_selector(s))
         .collect();
-    let mut l4 = Vec::new();
-    for (i, ports) in section.ports.iter().enumerate() {
-        l4.extend(context.ports(&format!("{path}.toPorts[{i}].ports"), ports));
+    let (mut l4, mut l7_ports) = (Vec::new(), Vec::new());
+    for (i, (ports, has_l7)) in section.ports.iter().enumerate() {
+        let matches = context.ports(&format!("{path}.toPorts[{i}].ports"), ports);
+        if *has_l7 {
+            l7_ports.extend(matches);
+        } else {
+            l4.extend(matches);
+        }
     }
     l4.extend(context.icmps(
         &format!("{path}.icmps"),
         section.icmps.as_deref().unwrap_or_default(),
     ));
-    let asked_for_l4 = !section.ports.is_empty() || section.icmps.is_some();
-    if asked_for_l4 && l4.is_empty() {
+    if asked_for_l4 && l4.is_empty() && l7_ports.is_empty() {
         // Ports were given but none is usable: the section must not widen to every port.
         context
             .problems
@@ -322,8 +365,12 @@ fn peer_rule(context: &mut Context<'_>, path: &str, section: Section<'_>) -> Pee
     PeerRule {
         peers,
         requires,
-        l4,
-        has_l7: section.has_l7,
+        l4: if asked_for_l4 {
+            L4Scope::Only(l4)
+        } else {
+            L4Scope::Any
+        },
+        l7_ports,
     }
 }
 
@@ -350,7 +397,7 @@ fn rule(context: &mut Context<'_>, path: &str, api: &ApiRule, source: &PolicyRef
     // sections may carry L7 rules, deny sections cannot.
     macro_rules! sections {
         ($name:literal, $list:expr, $peers:ident, $requires:ident, $cidr:ident, $cidr_set:ident,
-         $entities:ident, $nodes:ident $(, $l7:ident)?) => {
+         $entities:ident, $nodes:ident, $groups:ident $(, allow: $l7:ident, $auth:ident)?) => {
             $list
                 .iter()
                 .flatten()
@@ -360,7 +407,11 @@ fn rule(context: &mut Context<'_>, path: &str, api: &ApiRule, source: &PolicyRef
                     if r.$nodes.is_some() {
                         context.problems.push(format!("{path}: node selectors are not supported yet"));
                     }
-                    let has_l7 = false $(|| r.to_ports.iter().flatten().any(|p| p.$l7.is_some()))?;
+                    if r.$groups.is_some() {
+                        context.problems.push(format!("{path}: cloud provider groups are not supported; the rule is not applied"));
+                    }
+                    $(unsupported_port_fields(context, &path, r.to_ports.as_deref().unwrap_or_default());
+                    authentication(context, &path, r.$auth.as_ref());)?
                     let section = Section {
                         endpoints: &r.$peers,
                         requires: &r.$requires,
@@ -371,10 +422,9 @@ fn rule(context: &mut Context<'_>, path: &str, api: &ApiRule, source: &PolicyRef
                             .to_ports
                             .iter()
                             .flatten()
-                            .map(|p| p.ports.as_deref().unwrap_or_default())
+                            .map(|p| (p.ports.as_deref().unwrap_or_default(), false $(|| p.$l7.is_some())?))
                             .collect(),
                         icmps: &r.icmps,
-                        has_l7,
                     };
                     peer_rule(context, &path, section)
                 })
@@ -383,10 +433,10 @@ fn rule(context: &mut Context<'_>, path: &str, api: &ApiRule, source: &PolicyRef
     }
     #[rustfmt::skip]
     let (ingress, ingress_deny, egress, egress_deny) = (
-        sections!("ingress", api.ingress, from_endpoints, from_requires, from_cidr, from_cidr_set, from_entities, from_nodes, rules),
-        sections!("ingressDeny", api.ingress_deny, from_endpoints, from_requires, from_cidr, from_cidr_set, from_entities, from_nodes),
-        sections!("egress", api.egress, to_endpoints, to_requires, to_cidr, to_cidr_set, to_entities, to_nodes, rules),
-        sections!("egressDeny", api.egress_deny, to_endpoints, to_requires, to_cidr, to_cidr_set, to_entities, to_nodes),
+        sections!("ingress", api.ingress, from_endpoints, from_requires, from_cidr, from_cidr_set, from_entities, from_nodes, from_groups, allow: rules, authentication),
+        sections!("ingressDeny", api.ingress_deny, from_endpoints, from_requires, from_cidr, from_cidr_set, from_entities, from_nodes, from_groups),
+        sections!("egress", api.egress, to_endpoints, to_requires, to_cidr, to_cidr_set, to_entities, to_nodes, to_groups, allow: rules, authentication),
+        sections!("egressDeny", api.egress_deny, to_endpoints, to_requires, to_cidr, to_cidr_set, to_entities, to_nodes, to_groups),
     );
     if api
         .egress

@@ -1,0 +1,336 @@
+//! Enforcement fails closed at every moment of an endpoint's life and on the policies a
+//! Cilium user brings, on real traffic between pods of a two-node cluster-in-a-box: a pod a
+//! policy restricts is protected the instant CNI ADD returns; with the operator down ADD
+//! asks the runtime to retry and leaves nothing behind; Cilium's egress-default-deny example
+//! blocks; the seed document's L7 policy keeps its port closed; an invalid edit keeps the
+//! last valid version enforced; a deleted pod's connections are scrubbed. Needs root.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::cluster::{AgentNode, Cluster, CniPod, Setup, agent_get, app_labels, as_pairs, cni_env};
+use e2e::netns::NetNs;
+use e2e::traffic::{reaches, serve_echo};
+use e2e::{ClusterBed, wait_for};
+use serde_json::Value;
+
+const WEB: u16 = 8080;
+const HTTP: u16 = 80;
+const SETTLE: Duration = Duration::from_secs(60);
+/// The agents' `--endpoint-sync-build-timeout` here (30 s by default).
+const SYNC_BUILD_TIMEOUT: &str = "6s";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root")
+        .to_owned()
+}
+
+fn apply(cluster: &Cluster, yaml: &str) {
+    cluster
+        .bed
+        .kubectl_run(&["apply", "-n", "default", "-f", "-"], Some(yaml))
+        .expect("kubectl apply");
+}
+
+fn apply_example(cluster: &Cluster, file: &str) {
+    let path = repo_root().join("examples/policies").join(file);
+    cluster
+        .bed
+        .kubectl_run(
+            &["apply", "-n", "default", "-f", &path.to_string_lossy()],
+            None,
+        )
+        .expect("kubectl apply the example");
+}
+
+fn delete_cnp(cluster: &Cluster, name: &str) {
+    cluster
+        .bed
+        .kubectl_run(&["delete", "cnp", name, "-n", "default"], None)
+        .expect("delete the policy");
+}
+
+/// Waits until every `(from, to, port, expected)` holds at once.
+fn until_reachability(what: &str, cases: &[(&CniPod, &CniPod, u16, bool)]) {
+    wait_for(what, SETTLE, || {
+        cases
+            .iter()
+            .all(|(from, to, port, expected)| reaches(&from.ns, to.ip, *port) == *expected)
+            .then_some(())
+    });
+}
+
+/// The `Valid` condition once it says `status` and its message contains `needle`.
+fn until_condition(cluster: &Cluster, name: &str, status: &str, needle: &str) -> Value {
+    wait_for(
+        &format!("{name} to be Valid={status} with {needle:?}"),
+        SETTLE,
+        || {
+            cluster
+                .valid_condition("cnp", Some("default"), name)
+                .filter(|c| {
+                    c["status"] == status
+                        && c["message"].as_str().is_some_and(|m| m.contains(needle))
+                })
+        },
+    )
+}
+
+fn agent_json(node: &AgentNode, path: &str) -> Value {
+    let (status, body) = agent_get(&node.socket(), path).expect("the agent answers");
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+fn links(ns: &NetNs) -> BTreeSet<String> {
+    let output = ns
+        .command("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Connection-tracking entries of `node` that name `ip`.
+fn ct_entries_of(node: &AgentNode, ip: std::net::Ipv4Addr) -> Vec<Value> {
+    let ip = ip.to_string();
+    agent_json(node, "/v1/map/ct")
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|e| e["src"] == ip.as_str() || e["dst"] == ip.as_str())
+        .cloned()
+        .collect()
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+const GUARDED: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: guarded}
+spec:
+  endpointSelector: {matchLabels: {app: guarded}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: employee}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"#;
+
+#[test]
+fn enforcement_fails_closed() {
+    let bed = ClusterBed::start().expect("a bed");
+    let mut setup = Setup::standard(&bed, 2);
+    setup.agent_flags.push(format!(
+        "--endpoint-sync-build-timeout={SYNC_BUILD_TIMEOUT}"
+    ));
+    let cluster = Cluster::start_on(bed, setup).expect("cluster-in-a-box with two nodes");
+    let bed = &cluster.bed;
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let employee = n2
+        .add_pod(bed, "default", "employee", &app_labels("employee"))
+        .expect("employee");
+    let stranger = n1
+        .add_pod(bed, "default", "stranger", &app_labels("stranger"))
+        .expect("stranger");
+    serve_echo(&employee.ns, WEB);
+    serve_echo(&stranger.ns, WEB);
+
+    // 1. A pod a policy restricts, with labels no identity has yet: the first probe made
+    // the instant ADD returns is dropped (the map allowed everything until the first pass).
+    apply(&cluster, GUARDED);
+    until_condition(&cluster, "guarded", "True", "succeeded");
+    let guarded = n1
+        .add_pod(bed, "default", "guarded", &app_labels("guarded"))
+        .expect("guarded");
+    serve_echo(&guarded.ns, WEB);
+    assert!(
+        !reaches(&stranger.ns, guarded.ip, WEB),
+        "a probe right after ADD returned got in"
+    );
+    let model = agent_json(n1, "/v1/endpoint")
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .find(|e| e["container-id"] == guarded.container_id.as_str())
+        .cloned()
+        .expect("the endpoint");
+    assert_eq!(
+        model["state"], "ready",
+        "ADD returned a ready endpoint: {model}"
+    );
+    until_reachability(
+        "the employee on the other node to reach the guarded pod",
+        &[
+            (&employee, &guarded, WEB, true),
+            (&stranger, &guarded, WEB, false),
+        ],
+    );
+
+    // 2. The operator stopped: nobody allocates the new pod's identity. ADD waits the
+    // sync-build timeout, then asks the runtime to try again, and leaves nothing behind.
+    let operator = cluster.operator.process.pid();
+    signal(operator, "-STOP");
+    bed.kubectl_run(
+        &["apply", "-f", "-"],
+        Some(
+            &serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "newcomer", "namespace": "default", "labels": {"app": "newcomer"}},
+                "spec": {"nodeName": n1.name, "containers": [{"name": "main", "image": "registry.invalid/pause:3.9"}]},
+            })
+            .to_string(),
+        ),
+    )
+    .expect("the newcomer's Pod");
+    let endpoints_before = agent_json(n1, "/v1/endpoint").as_array().map(Vec::len);
+    let used_before = agent_json(n1, "/v1/healthz")["ipam"]["used"].clone();
+    let links_before = links(&n1.ns);
+    let pod_ns = NetNs::new("pod").expect("netns");
+    let env = cni_env("ADD", "newcomer-1", &pod_ns, "default", "newcomer");
+    let output = n1
+        .cni(&as_pairs(&env), &n1.net_conf())
+        .expect("cilium-cni runs");
+    let error: Value = serde_json::from_slice(&output.stdout).expect("a CNI error");
+    assert!(!output.status.success());
+    assert_eq!(error["code"], 11, "try again later: {error}");
+    let message = error["msg"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("waiting-for-identity") && message.contains("CiliumIdentity"),
+        "{error}"
+    );
+    assert_eq!(
+        agent_json(n1, "/v1/endpoint").as_array().map(Vec::len),
+        endpoints_before,
+        "no endpoint left"
+    );
+    assert_eq!(
+        agent_json(n1, "/v1/healthz")["ipam"]["used"],
+        used_before,
+        "no address left"
+    );
+    assert_eq!(links(&n1.ns), links_before, "no veth left");
+    wait_for("no CiliumEndpoint for the refused pod", SETTLE, || {
+        bed.get("cep", Some("default"), "newcomer")
+            .is_err()
+            .then_some(())
+    });
+    signal(operator, "-CONT");
+    let newcomer = n1
+        .wire_pod("default", "newcomer")
+        .expect("the runtime's retry works");
+    serve_echo(&newcomer.ns, WEB);
+    assert!(
+        reaches(&stranger.ns, newcomer.ip, WEB),
+        "no policy selects it"
+    );
+
+    // 3. Cilium's egress-default-deny example: an empty rule selects no peer, so the
+    // stranger may send nothing (its map had `Allow Egress 0 ANY`).
+    assert!(stranger.ns.ping(employee.ip) && reaches(&stranger.ns, employee.ip, WEB));
+    apply_example(&cluster, "egress-default-deny.yaml");
+    wait_for("the stranger's egress to be shut", SETTLE, || {
+        (!reaches(&stranger.ns, employee.ip, WEB) && !stranger.ns.ping(employee.ip)).then_some(())
+    });
+    assert!(
+        !reaches(&stranger.ns, newcomer.ip, WEB),
+        "on its own node too"
+    );
+    assert!(
+        reaches(&employee.ns, newcomer.ip, WEB),
+        "others are not selected"
+    );
+    let cep = bed.get("cep", Some("default"), "stranger").expect("cep");
+    assert_eq!(cep["status"]["policy"]["egress"]["enforcing"], true);
+    delete_cnp(&cluster, "deny-all-egress");
+    until_reachability(
+        "the stranger's egress back",
+        &[(&stranger, &employee, WEB, true)],
+    );
+
+    // 4. The seed document's L7 policy: L7 is not enforced, so port 80 stays closed to the
+    // empire's ships instead of opening it to every request (PUT /v1/exhaust-port got 200).
+    fn empire(class: &str) -> std::collections::BTreeMap<&str, &str> {
+        [("org", "empire"), ("class", class)].into_iter().collect()
+    }
+    let deathstar = n1
+        .add_pod(bed, "default", "deathstar", &empire("deathstar"))
+        .expect("deathstar");
+    let tiefighter = n2
+        .add_pod(bed, "default", "tiefighter", &empire("tiefighter"))
+        .expect("tiefighter");
+    serve_echo(&deathstar.ns, HTTP);
+    until_reachability(
+        "the death star open before the policy",
+        &[(&tiefighter, &deathstar, HTTP, true)],
+    );
+    apply_example(&cluster, "l7-deathstar.yaml");
+    let condition = until_condition(&cluster, "rule1", "True", "stay closed");
+    assert!(
+        condition["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not enforced")),
+        "{condition}"
+    );
+    until_reachability(
+        "port 80 closed to the tie fighter and everyone else",
+        &[
+            (&tiefighter, &deathstar, HTTP, false),
+            (&stranger, &deathstar, HTTP, false),
+        ],
+    );
+
+    // 5. An invalid edit of a valid policy keeps the valid version enforced.
+    let broken = GUARDED.replace(
+        "    toPorts:",
+        "    authentication: {mode: required}\n    toPorts:",
+    );
+    apply(&cluster, &broken);
+    let condition = until_condition(&cluster, "guarded", "False", "stays enforced");
+    assert!(
+        condition["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("authentication.mode")),
+        "{condition}"
+    );
+    assert!(
+        !reaches(&stranger.ns, guarded.ip, WEB),
+        "still shut to the stranger"
+    );
+    assert!(
+        reaches(&employee.ns, guarded.ip, WEB),
+        "still open to the employee"
+    );
+
+    // 6. A deleted pod's connections go with it: nothing for a pod reusing its address.
+    let held = e2e::traffic::connect(&employee.ns, guarded.ip, WEB).expect("a connection");
+    assert!(
+        !ct_entries_of(n1, guarded.ip).is_empty(),
+        "the connection is tracked"
+    );
+    let output = n1.del_pod(&guarded).expect("DEL runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(
+        ct_entries_of(n1, guarded.ip),
+        Vec::<Value>::new(),
+        "scrubbed"
+    );
+    drop(held);
+}
