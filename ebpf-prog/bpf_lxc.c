@@ -136,7 +136,8 @@ struct flow {
 };
 
 #define PARSE_OK 0
-#define PARSE_PASS 1 /* not IP, or IPv6 link-local control: not subject to policy */
+#define PARSE_PASS 1 /* not IP, or IPv6 from a link-local or the unspecified source */
+#define PARSE_ND 2   /* neighbour discovery: not subject to policy, but to the source check */
 
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
@@ -236,9 +237,10 @@ static __always_inline int parse_l4(struct flow *f, void *l4, void *end)
 			return -DROP_CT_INVALID_HDR;
 		f->policy_port = bpf_htons(ic->type);
 		/* Neighbour discovery (router/neighbour solicitation and advertisement, redirect)
-		 * keeps the link working whatever the policy, as in Cilium. */
+		 * keeps the link working whatever the policy, as in Cilium; from a global source
+		 * it must still come from that address's endpoint (no spoofing past the check). */
 		if (ic->type >= ICMPV6_ROUTER_SOLICITATION && ic->type <= ICMPV6_REDIRECT)
-			return PARSE_PASS;
+			return PARSE_ND;
 		switch (ic->type) {
 		case ICMPV6_ECHO_REQUEST:
 			f->sport = ic->echo_id;
@@ -285,9 +287,11 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 		if ((void *)(ip6 + 1) > end)
 			return -DROP_INVALID;
-		/* Link-local traffic (neighbour discovery, MLD) stays on the veth's link. */
+		/* Traffic from a link-local source (neighbour discovery, MLD) or the unspecified one
+		 * (duplicate address detection) stays on the veth's link: it names no endpoint. */
 		if ((ip6->saddr.in6_u.u6_addr8[0] == 0xfe && (ip6->saddr.in6_u.u6_addr8[1] & 0xc0) == 0x80) ||
-		    (ip6->daddr.in6_u.u6_addr8[0] == 0xff && (ip6->daddr.in6_u.u6_addr8[1] & 0x0f) == 0x02))
+		    (ip6->saddr.in6_u.u6_addr32[0] == 0 && ip6->saddr.in6_u.u6_addr32[1] == 0 &&
+		     ip6->saddr.in6_u.u6_addr32[2] == 0 && ip6->saddr.in6_u.u6_addr32[3] == 0))
 			return PARSE_PASS;
 		f->family = FAMILY_IPV6;
 		__builtin_memcpy(f->saddr, &ip6->saddr, 16);
@@ -541,6 +545,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 	if (reason < 0) {
 		reason = -reason;
+		goto drop;
+	}
+	/* Neighbour discovery from a global source: the sender must own it; towards the pod
+	 * it comes from the host (ND is never routed), to a multicast or the pod's address. */
+	if (reason == PARSE_ND) {
+		if (dir == DIR_INGRESS || endpoint_id) {
+			count(endpoint_id, dir, REASON_FORWARDED, len);
+			return TC_ACT_OK;
+		}
+		reason = DROP_INVALID_SIP;
 		goto drop;
 	}
 	if (!endpoint_id) {

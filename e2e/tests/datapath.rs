@@ -379,6 +379,42 @@ fn ipv6_traffic_meets_the_same_policy() {
             .any(|e| e.src == std::net::IpAddr::V6(bed.stranger.ip6)),
         "{events:#?}"
     );
+
+    // Neighbour discovery passes the policy (the pods above resolved their router through
+    // it), but not the source check: a solicitation naming an endpoint's address from
+    // another interface (here the loopback of the test run) is dropped; one from a
+    // link-local source passes.
+    let run = |dp: &mut Datapath, src: std::net::Ipv6Addr| {
+        dp.test_run(
+            cilium_datapath::EndpointProgram::FromContainer,
+            &neighbour_solicitation(src, bed.db.ip6),
+            1,
+        )
+        .expect("test run")
+        .0
+    };
+    assert_eq!(run(&mut dp, bed.employee.ip6), 2, "spoofed source dropped");
+    assert_eq!(
+        run(&mut dp, "fe80::1".parse().expect("ip")),
+        0,
+        "link-local passes"
+    );
+}
+
+/// An Ethernet frame with an ICMPv6 neighbour solicitation from `src` for `target`.
+fn neighbour_solicitation(src: std::net::Ipv6Addr, target: std::net::Ipv6Addr) -> Vec<u8> {
+    let mut frame = vec![0x33, 0x33, 0xff, 0, 0, 1, 2, 0, 0, 0, 0, 1, 0x86, 0xdd];
+    let icmp_len: u16 = 24;
+    frame.extend([0x60, 0, 0, 0]);
+    frame.extend(icmp_len.to_be_bytes());
+    frame.extend([58, 255]); // next header ICMPv6, hop limit
+    frame.extend(src.octets());
+    let mut group = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0];
+    group[13..].copy_from_slice(&target.octets()[13..]);
+    frame.extend(group);
+    frame.extend([135, 0, 0, 0, 0, 0, 0, 0]); // type, code, checksum, reserved
+    frame.extend(target.octets());
+    frame
 }
 
 #[test]
