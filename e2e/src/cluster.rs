@@ -332,6 +332,18 @@ impl AgentNode {
     }
 }
 
+/// Waits up to `timeout` until every `(from, to, port, expected)` holds at once.
+pub fn until_reachability(what: &str, timeout: Duration, cases: &[(&CniPod, &CniPod, u16, bool)]) {
+    crate::wait_for(what, timeout, || {
+        cases
+            .iter()
+            .all(|(from, to, port, expected)| {
+                crate::traffic::reaches(&from.ns, to.ip, *port) == *expected
+            })
+            .then_some(())
+    });
+}
+
 /// How long [`AgentNode::wire_pod`] keeps retrying an ADD the plugin asks to retry.
 const ADD_RETRY_FOR: Duration = Duration::from_secs(90);
 

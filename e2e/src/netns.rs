@@ -111,6 +111,20 @@ impl NetNs {
         })
     }
 
+    /// The names of the network devices in this namespace.
+    pub fn links(&self) -> std::collections::BTreeSet<String> {
+        let output = self.command("ip").args(["-o", "link", "show"]).output();
+        output
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter_map(|l| l.split(':').nth(1))
+                    .map(|n| n.trim().split('@').next().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether `ping -c1` to `target` gets an answer within a second.
     pub fn ping(&self, target: Ipv4Addr) -> bool {
         self.command("ping")

@@ -81,19 +81,6 @@ fn all_reach(pods: &[&CniPod]) -> Vec<String> {
     failures
 }
 
-fn links(ns: &NetNs) -> BTreeSet<String> {
-    let output = ns
-        .command("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .expect("ip link");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .map(|n| n.trim().split('@').next().unwrap_or_default().to_owned())
-        .collect()
-}
-
 #[test]
 fn pods_are_networked_within_and_across_nodes_and_survive_an_agent_restart() {
     let mut cluster = Cluster::start(2).expect("cluster-in-a-box with two agent nodes");
@@ -381,7 +368,9 @@ fn pods_are_networked_within_and_across_nodes_and_survive_an_agent_restart() {
         (!ceps(&cluster).contains_key("default/a2")).then_some(())
     });
     assert!(
-        !links(&node1.ns)
+        !node1
+            .ns
+            .links()
             .iter()
             .any(|l| l.starts_with("lxc") && a2.result["interfaces"][0]["name"] == *l)
     );
@@ -409,7 +398,7 @@ fn bad_input_changes_nothing(cluster: &mut Cluster, existing: &CniPod, peer: &Cn
     let node = &cluster.nodes[0];
     let endpoints_before = endpoints(node);
     let used_before = agent_status(node)["ipam"]["used"].clone();
-    let links_before = links(&node.ns);
+    let links_before = node.ns.links();
     let fresh = NetNs::new("pod").expect("netns");
     let env = cni_env("ADD", "garbage-1", &fresh, "default", "garbage");
     for stdin in [
@@ -461,7 +450,7 @@ fn bad_input_changes_nothing(cluster: &mut Cluster, existing: &CniPod, peer: &Cn
 
     assert_eq!(endpoints(node), endpoints_before);
     assert_eq!(agent_status(node)["ipam"]["used"], used_before);
-    assert_eq!(links(&node.ns), links_before, "no device was left behind");
+    assert_eq!(node.ns.links(), links_before, "no device was left behind");
 
     // With the agent down, ADD asks the runtime to try again later and leaves nothing.
     cluster.nodes[0].kill_agent();
@@ -469,7 +458,7 @@ fn bad_input_changes_nothing(cluster: &mut Cluster, existing: &CniPod, peer: &Cn
     let output = node.cni(&as_pairs(&env), &node.net_conf()).expect("runs");
     let error: Value = serde_json::from_slice(&output.stdout).expect("CNI error");
     assert_eq!(error["code"], 11, "{error}");
-    assert_eq!(links(&node.ns), links_before);
+    assert_eq!(node.ns.links(), links_before);
     assert!(
         reaches(&existing.ns, peer.ip, ECHO),
         "pods keep talking meanwhile"

@@ -5,12 +5,13 @@
 //! blocks; the seed document's L7 policy keeps its port closed; an invalid edit keeps the
 //! last valid version enforced; a deleted pod's connections are scrubbed. Needs root.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::cluster::{AgentNode, Cluster, CniPod, Setup, agent_get, app_labels, as_pairs, cni_env};
+use e2e::cluster::{
+    AgentNode, Cluster, Setup, agent_get, app_labels, as_pairs, cni_env, until_reachability,
+};
 use e2e::netns::NetNs;
 use e2e::traffic::{reaches, serve_echo};
 use e2e::{ClusterBed, wait_for};
@@ -54,16 +55,6 @@ fn delete_cnp(cluster: &Cluster, name: &str) {
         .expect("delete the policy");
 }
 
-/// Waits until every `(from, to, port, expected)` holds at once.
-fn until_reachability(what: &str, cases: &[(&CniPod, &CniPod, u16, bool)]) {
-    wait_for(what, SETTLE, || {
-        cases
-            .iter()
-            .all(|(from, to, port, expected)| reaches(&from.ns, to.ip, *port) == *expected)
-            .then_some(())
-    });
-}
-
 /// The `Valid` condition once it says `status` and its message contains `needle`.
 fn until_condition(cluster: &Cluster, name: &str, status: &str, needle: &str) -> Value {
     wait_for(
@@ -84,19 +75,6 @@ fn agent_json(node: &AgentNode, path: &str) -> Value {
     let (status, body) = agent_get(&node.socket(), path).expect("the agent answers");
     assert_eq!(status, 200, "{path}: {body}");
     serde_json::from_str(&body).expect("JSON")
-}
-
-fn links(ns: &NetNs) -> BTreeSet<String> {
-    let output = ns
-        .command("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .expect("ip link");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .map(|n| n.trim().split('@').next().unwrap_or_default().to_owned())
-        .collect()
 }
 
 /// Connection-tracking entries of `node` that name `ip`.
@@ -174,6 +152,7 @@ fn enforcement_fails_closed() {
     );
     until_reachability(
         "the employee on the other node to reach the guarded pod",
+        SETTLE,
         &[
             (&employee, &guarded, WEB, true),
             (&stranger, &guarded, WEB, false),
@@ -198,7 +177,7 @@ fn enforcement_fails_closed() {
     .expect("the newcomer's Pod");
     let endpoints_before = agent_json(n1, "/v1/endpoint").as_array().map(Vec::len);
     let used_before = agent_json(n1, "/v1/healthz")["ipam"]["used"].clone();
-    let links_before = links(&n1.ns);
+    let links_before = n1.ns.links();
     let pod_ns = NetNs::new("pod").expect("netns");
     let env = cni_env("ADD", "newcomer-1", &pod_ns, "default", "newcomer");
     let output = n1
@@ -222,7 +201,7 @@ fn enforcement_fails_closed() {
         used_before,
         "no address left"
     );
-    assert_eq!(links(&n1.ns), links_before, "no veth left");
+    assert_eq!(n1.ns.links(), links_before, "no veth left");
     wait_for("no CiliumEndpoint for the refused pod", SETTLE, || {
         bed.get("cep", Some("default"), "newcomer")
             .is_err()
@@ -258,6 +237,7 @@ fn enforcement_fails_closed() {
     delete_cnp(&cluster, "deny-all-egress");
     until_reachability(
         "the stranger's egress back",
+        SETTLE,
         &[(&stranger, &employee, WEB, true)],
     );
 
@@ -275,6 +255,7 @@ fn enforcement_fails_closed() {
     serve_echo(&deathstar.ns, HTTP);
     until_reachability(
         "the death star open before the policy",
+        SETTLE,
         &[(&tiefighter, &deathstar, HTTP, true)],
     );
     apply_example(&cluster, "l7-deathstar.yaml");
@@ -287,6 +268,7 @@ fn enforcement_fails_closed() {
     );
     until_reachability(
         "port 80 closed to the tie fighter and everyone else",
+        SETTLE,
         &[
             (&tiefighter, &deathstar, HTTP, false),
             (&stranger, &deathstar, HTTP, false),

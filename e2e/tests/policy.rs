@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use e2e::cluster::{Cluster, CniPod, app_labels};
+use e2e::cluster::{Cluster, app_labels, until_reachability};
 use e2e::traffic::{reaches, serve_echo};
 use e2e::wait_for;
 
@@ -19,16 +19,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .expect("repository root")
         .to_owned()
-}
-
-/// Waits until every `(from, to, port, expected)` holds at once.
-fn until_reachability(what: &str, cases: &[(&CniPod, &CniPod, u16, bool)]) {
-    wait_for(what, SETTLE, || {
-        cases
-            .iter()
-            .all(|(from, to, port, expected)| reaches(&from.ns, to.ip, *port) == *expected)
-            .then_some(())
-    });
 }
 
 fn apply(cluster: &Cluster, yaml: &str) {
@@ -84,6 +74,7 @@ fn the_protected_db_scenario_and_every_rule_kind() {
     .expect("apply the policy");
     until_reachability(
         "only employees to reach the db",
+        SETTLE,
         &[
             (&employee, &db, REDIS, true),
             (&istio, &db, REDIS, true),
@@ -151,11 +142,12 @@ spec:
     );
     until_reachability(
         "the deny to cut istio-space off",
+        SETTLE,
         &[(&istio, &db, REDIS, false), (&employee, &db, REDIS, true)],
     );
     bed.kubectl_run(&["delete", "ccnp", "no-istio-to-db"], None)
         .expect("delete");
-    until_reachability("istio-space back", &[(&istio, &db, REDIS, true)]);
+    until_reachability("istio-space back", SETTLE, &[(&istio, &db, REDIS, true)]);
 
     // An egress rule: employees may only talk to the db.
     apply(
@@ -173,6 +165,7 @@ spec:
     );
     until_reachability(
         "the employee's egress to be limited to the db",
+        SETTLE,
         &[
             (&employee, &db, REDIS, true),
             (&employee, &stranger, WEB, false),
@@ -196,6 +189,7 @@ spec:
     .expect("relabel");
     until_reachability(
         "the relabelled pod to reach the db",
+        SETTLE,
         &[(&stranger, &db, REDIS, true)],
     );
 
@@ -207,6 +201,7 @@ spec:
     .expect("relabel back");
     until_reachability(
         "the stranger to be shut out again",
+        SETTLE,
         &[(&stranger, &db, REDIS, false)],
     );
     // A policy that selects no pod changes nothing.
@@ -281,6 +276,7 @@ spec:
         .expect("delete the policy");
     until_reachability(
         "everyone to reach the db",
+        SETTLE,
         &[(&stranger, &db, REDIS, true), (&employee, &db, REDIS, true)],
     );
 }
