@@ -128,6 +128,28 @@ pub struct NamedPort {
     pub protocol: Option<String>,
 }
 
+impl NamedPort {
+    /// The named container ports of `pod` (`status.named-ports` of its CiliumEndpoint),
+    /// sorted by name as Cilium lists them.
+    pub fn of_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<NamedPort> {
+        let mut ports: Vec<NamedPort> = pod
+            .spec
+            .iter()
+            .flat_map(|spec| &spec.containers)
+            .flat_map(|container| container.ports.iter().flatten())
+            .filter_map(|port| {
+                Some(NamedPort {
+                    name: Some(port.name.clone()?),
+                    port: u16::try_from(port.container_port).ok(),
+                    protocol: Some(port.protocol.clone().unwrap_or_else(|| "TCP".into())),
+                })
+            })
+            .collect();
+        ports.sort_by(|a, b| a.name.cmp(&b.name));
+        ports
+    }
+}
+
 #[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EndpointPolicy {

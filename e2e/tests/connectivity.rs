@@ -98,8 +98,14 @@ impl Pods {
     }
 }
 
-/// A pod as the suite deploys it: its labels, a service account named after it, on `node`.
+/// A pod as the suite deploys it: its labels, a service account named after it, on `node`;
+/// the echo pods declare their port as `http-8080`.
 fn suite_pod(cluster: &Cluster, node: &AgentNode, name: &str, labels: &[(&str, &str)]) -> CniPod {
+    let ports = if name.starts_with("echo") {
+        serde_json::json!([{"name": "http-8080", "containerPort": ECHO_PORT}])
+    } else {
+        serde_json::json!([])
+    };
     let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
     let objects = serde_json::json!({
         "apiVersion": "v1", "kind": "List", "items": [
@@ -108,7 +114,8 @@ fn suite_pod(cluster: &Cluster, node: &AgentNode, name: &str, labels: &[(&str, &
             {"apiVersion": "v1", "kind": "Pod",
              "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
              "spec": {"nodeName": node.name, "serviceAccountName": name,
-                      "containers": [{"name": "main", "image": "registry.invalid/pause:3.9"}]}},
+                      "containers": [{"name": "main", "image": "registry.invalid/pause:3.9",
+                                      "ports": ports}]}},
         ],
     });
     cluster
@@ -195,7 +202,7 @@ fn cilium_connectivity_test_policy_scenarios() {
     pods.until("no-policies", baseline);
 
     let scenarios = suite["scenarios"].as_array().expect("scenarios");
-    assert!(scenarios.len() >= 25, "every replayable scenario is listed");
+    assert!(scenarios.len() >= 26, "every replayable scenario is listed");
     let mut timings = Vec::new();
     for scenario in scenarios {
         let test = scenario["test"].as_str().expect("a test name");

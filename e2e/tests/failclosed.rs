@@ -115,7 +115,7 @@ fn enforcement_fails_closed() {
     setup.agent_flags.push(format!(
         "--endpoint-sync-build-timeout={SYNC_BUILD_TIMEOUT}"
     ));
-    let cluster = Cluster::start_on(bed, setup).expect("cluster-in-a-box with two nodes");
+    let mut cluster = Cluster::start_on(bed, setup).expect("cluster-in-a-box with two nodes");
     let bed = &cluster.bed;
     let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
     let employee = n2
@@ -295,6 +295,27 @@ fn enforcement_fails_closed() {
     assert!(
         reaches(&employee.ns, guarded.ip, WEB),
         "still open to the employee"
+    );
+
+    // ... and across an agent restart: the kept version is in the agent's state dir. The
+    // pinned map enforces meanwhile; what counts is the map after the first computation.
+    cluster.nodes[0].kill_agent();
+    cluster.nodes[0].start_agent().expect("the agent restarts");
+    let n1 = &cluster.nodes[0];
+    wait_for("the restored endpoints, recomputed", SETTLE, || {
+        agent_json(n1, "/v1/endpoint")
+            .as_array()?
+            .iter()
+            .all(|e| e["state"] == "ready")
+            .then_some(())
+    });
+    assert!(
+        !reaches(&stranger.ns, guarded.ip, WEB),
+        "still shut after the restart"
+    );
+    assert!(
+        reaches(&employee.ns, guarded.ip, WEB),
+        "still open after the restart"
     );
 
     // 6. A deleted pod's connections go with it: nothing for a pod reusing its address.

@@ -107,7 +107,7 @@ specs:
 - endpointSelector: {matchLabels: {app: protected-db}}
   ingress: [{fromEndpoints: [{matchLabels: {app: nobody}}]}]
 - endpointSelector: {matchLabels: {app: protected-db}}
-  ingress: [{toPorts: [{ports: [{port: redis, protocol: TCP}]}]}]
+  ingress: [{toPorts: [{ports: [{port: "6379", protocol: TCP}], serverNames: [db.example]}]}]
 "#,
     );
     let invalid = wait_for("the invalid policy's condition", SETTLE, || {
@@ -117,7 +117,7 @@ specs:
     assert!(
         invalid["message"]
             .as_str()
-            .is_some_and(|m| m.contains("named port")),
+            .is_some_and(|m| m.contains("serverNames")),
         "{invalid}"
     );
     assert!(

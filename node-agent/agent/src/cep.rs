@@ -6,7 +6,7 @@ use cilium_agent_api::EndpointStateName;
 use cilium_crds::CiliumEndpoint;
 use cilium_crds::endpoint::{
     AddressPair, EndpointIdentity, EndpointNetworking, EndpointPolicy, EndpointPolicyDirection,
-    EndpointState, EndpointStatus, ExternalIdentifiers,
+    EndpointState, EndpointStatus, ExternalIdentifiers, NamedPort,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
@@ -20,6 +20,7 @@ pub fn status(
     node_ip: IpAddr,
     state: EndpointStateName,
     enforcement: (bool, bool),
+    named_ports: Vec<NamedPort>,
 ) -> EndpointStatus {
     // Other nodes learn the pod's identity from here as soon as it is known.
     let identified = state != EndpointStateName::WaitingForIdentity;
@@ -56,7 +57,7 @@ pub fn status(
             k8s_pod_name: Some(record.k8s_pod_name.clone()),
             pod_name: Some(format!("{}/{}", record.k8s_namespace, record.k8s_pod_name)),
         }),
-        named_ports: None,
+        named_ports: (!named_ports.is_empty()).then_some(named_ports),
         policy: Some(EndpointPolicy {
             ingress: Some(direction(enforcement.0)),
             egress: Some(direction(enforcement.1)),
@@ -115,6 +116,7 @@ mod tests {
             node,
             EndpointStateName::WaitingForIdentity,
             (false, false),
+            vec![],
         );
         assert_eq!(waiting.state, Some(EndpointState::WaitingForIdentity));
         assert_eq!(waiting.identity, None);
@@ -126,10 +128,22 @@ mod tests {
             node,
             EndpointStateName::WaitingToRegenerate,
             (false, false),
+            vec![],
         );
         assert_eq!(regenerating.state, Some(EndpointState::WaitingToRegenerate));
         assert_eq!(regenerating.identity.as_ref().map(|i| i.id), Some(31_000));
-        let ready = status(&r, node, EndpointStateName::Ready, (true, false));
+        let http = NamedPort {
+            name: Some("http".into()),
+            port: Some(8080),
+            protocol: Some("TCP".into()),
+        };
+        let ready = status(
+            &r,
+            node,
+            EndpointStateName::Ready,
+            (true, false),
+            vec![http],
+        );
         assert_eq!(ready.state, Some(EndpointState::Ready));
         assert_eq!(ready.identity.as_ref().map(|i| i.id), Some(31_000));
         let networking = ready.networking.as_ref().expect("networking");
@@ -142,6 +156,10 @@ mod tests {
         assert!(!is_on_node(&cep, "192.168.60.12".parse().expect("ip")));
         let json = serde_json::to_value(&cep).expect("json");
         assert_eq!(json["status"]["state"], "ready");
+        assert_eq!(
+            json["status"]["named-ports"],
+            serde_json::json!([{"name": "http", "port": 8080, "protocol": "TCP"}])
+        );
         assert_eq!(json["status"]["policy"]["ingress"]["state"], "enforcing");
         assert_eq!(json["status"]["policy"]["egress"]["enforcing"], false);
         assert_eq!(

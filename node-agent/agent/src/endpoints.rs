@@ -2,13 +2,14 @@
 //! their records on disk, which let a restarted agent carry on without re-wiring pods.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use cilium_agent_api::{EndpointModel, EndpointRef, EndpointStateName};
 use cilium_identity::ReservedIdentity;
 use serde::{Deserialize, Serialize};
+
+use crate::records::RecordDir;
 
 /// One endpoint, as saved in `<state-dir>/endpoints/<id>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,21 +133,12 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("{what} {}: {cause}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        cause: std::io::Error,
-    },
-}
+pub use crate::records::StateError;
 
-/// Endpoint records on disk, one file each, written whole (temporary file, fsync, rename)
-/// so a crash leaves the old record or the new one, never half of one.
+/// Endpoint records on disk, `<state-dir>/endpoints/<id>.json`.
 #[derive(Debug, Clone)]
 pub struct StateDir {
-    endpoints: PathBuf,
+    endpoints: RecordDir,
 }
 
 /// What [`StateDir::load`] found: the records, and files it could not read (kept aside as
@@ -159,89 +151,36 @@ pub struct Loaded {
 
 impl StateDir {
     pub fn open(root: &Path) -> Result<Self, StateError> {
-        let endpoints = root.join("endpoints");
-        std::fs::create_dir_all(&endpoints).map_err(|cause| StateError::Io {
-            what: "creating",
-            path: endpoints.clone(),
-            cause,
-        })?;
-        Ok(Self { endpoints })
-    }
-
-    fn path(&self, id: u16) -> PathBuf {
-        self.endpoints.join(format!("{id}.json"))
-    }
-
-    pub fn save(&self, record: &EndpointRecord) -> Result<(), StateError> {
-        let path = self.path(record.id);
-        let temporary = path.with_extension("json.tmp");
-        let io = |what| {
-            let path = temporary.clone();
-            move |cause| StateError::Io { what, path, cause }
-        };
-        let bytes = serde_json::to_vec_pretty(record)
-            .map_err(|e| io("encoding")(std::io::Error::other(e)))?;
-        let mut file = std::fs::File::create(&temporary).map_err(io("creating"))?;
-        file.write_all(&bytes).map_err(io("writing"))?;
-        file.sync_all().map_err(io("syncing"))?;
-        std::fs::rename(&temporary, &path).map_err(|cause| StateError::Io {
-            what: "renaming into",
-            path,
-            cause,
+        Ok(Self {
+            endpoints: RecordDir::open(root.join("endpoints"))?,
         })
     }
 
+    pub fn save(&self, record: &EndpointRecord) -> Result<(), StateError> {
+        self.endpoints.save(&record.id.to_string(), record)
+    }
+
     pub fn remove(&self, id: u16) -> Result<(), StateError> {
-        let path = self.path(id);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::Io {
-                what: "removing",
-                path,
-                cause: e,
-            }),
-            _ => Ok(()),
-        }
+        self.endpoints.remove(&id.to_string())
     }
 
     pub fn load(&self) -> Result<Loaded, StateError> {
-        let entries = std::fs::read_dir(&self.endpoints).map_err(|cause| StateError::Io {
-            what: "reading",
-            path: self.endpoints.clone(),
-            cause,
+        let loaded = self.endpoints.load(|stem, record: &EndpointRecord| {
+            if record.id == 0 || stem != record.id.to_string() {
+                Err(format!(
+                    "holds endpoint id {} (file name disagrees)",
+                    record.id
+                ))
+            } else {
+                Ok(())
+            }
         })?;
-        let mut loaded = Loaded::default();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let parsed = std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|bytes| {
-                    serde_json::from_slice::<EndpointRecord>(&bytes).map_err(|e| e.to_string())
-                })
-                .and_then(|record| {
-                    let expected = format!("{}.json", record.id);
-                    if record.id == 0 || entry.file_name().to_string_lossy() != expected {
-                        Err(format!(
-                            "holds endpoint id {} (file name disagrees)",
-                            record.id
-                        ))
-                    } else {
-                        Ok(record)
-                    }
-                });
-            match parsed {
-                Ok(record) => loaded.records.push(record),
-                Err(reason) => {
-                    let aside = path.with_extension("json.unreadable");
-                    let _ = std::fs::rename(&path, &aside);
-                    loaded.unreadable.push((aside, reason));
-                }
-            }
-        }
-        loaded.records.sort_by_key(|r| r.id);
-        Ok(loaded)
+        let mut records: Vec<EndpointRecord> = loaded.records.into_iter().map(|(_, r)| r).collect();
+        records.sort_by_key(|r| r.id);
+        Ok(Loaded {
+            records,
+            unreadable: loaded.unreadable,
+        })
     }
 }
 

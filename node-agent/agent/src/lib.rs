@@ -17,6 +17,7 @@ pub mod kvstore;
 pub mod metrics;
 pub mod node;
 pub mod policy;
+pub mod records;
 pub mod routes;
 pub mod services;
 pub mod sync;

@@ -193,10 +193,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         name: args.cluster_name.clone(),
         default_local: args.policy_default_local_cluster,
     };
-    let policy = Arc::new(std::sync::Mutex::new(PolicyState::new(
-        args.enforcement,
-        local_cluster,
-    )));
+    let history = cilium_agent::records::RecordDir::open(args.state_dir.join("policies"))?;
+    let policy = Arc::new(std::sync::Mutex::new(
+        PolicyState::new(args.enforcement, local_cluster).with_history(history)?,
+    ));
     let mesh = args.clustermesh_config.clone().map(|config_dir| {
         ClusterMesh::new(
             MeshSettings {

@@ -11,10 +11,13 @@ use cilium_identity::LabelSet;
 use cilium_policy::cache::reserved_identities;
 use cilium_policy::render::rule_json;
 use cilium_policy::{
-    CidrIdentities, EndpointPolicy, EnforcementMode, LocalCluster, PolicyRef, Rule, SelectorCache,
-    endpoint_policy, parse_ccnp, parse_cnp,
+    CidrIdentities, EndpointPolicy, EnforcementMode, Inputs, LocalCluster, PolicyRef, PortNames,
+    Rule, SelectorCache, endpoint_policy, parse_ccnp, parse_cnp,
 };
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::records::{RecordDir, StateError};
 
 /// What a policy's `Valid` condition should say.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,17 +82,22 @@ struct LastGoodVersions(BTreeMap<PolicyRef, LastGood>);
 
 impl LastGoodVersions {
     /// The rules to enforce for the policy `reference` (object `uid` at `generation`)
-    /// that parsed to `parsed`, and what its `Valid` condition says.
+    /// that parsed to `parsed`, what its `Valid` condition says, and whether this is a
+    /// valid version not seen before (to be kept on disk).
     fn admit(
         &mut self,
         reference: &PolicyRef,
         uid: Option<String>,
         generation: Option<i64>,
         parsed: Result<Vec<Rule>, Vec<String>>,
-    ) -> (Vec<Rule>, Validity) {
+    ) -> (Vec<Rule>, Validity, bool) {
         match parsed {
             Ok(rules) => {
                 let validity = validity(vec![], &rules);
+                let new_version = self
+                    .0
+                    .get(reference)
+                    .is_none_or(|last| last.uid != uid || last.generation != generation);
                 self.0.insert(
                     reference.clone(),
                     LastGood {
@@ -98,7 +106,7 @@ impl LastGoodVersions {
                         rules: rules.clone(),
                     },
                 );
-                (rules, validity)
+                (rules, validity, new_version)
             }
             Err(problems) => {
                 let mut validity = validity(problems, &[]);
@@ -112,15 +120,32 @@ impl LastGoodVersions {
                         validity
                             .message
                             .push_str(&format!("; the last valid version{version} stays enforced"));
-                        (last.rules.clone(), validity)
+                        (last.rules.clone(), validity, false)
                     }
                     None => {
                         self.0.remove(reference);
-                        (Vec::new(), validity)
+                        (Vec::new(), validity, false)
                     }
                 }
             }
         }
+    }
+}
+
+/// A policy's last valid version as kept on disk (`<state-dir>/policies/`), so a restarted
+/// agent still enforces it while the object in the cluster is invalid.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "object")]
+enum SavedPolicy {
+    CiliumNetworkPolicy(Box<CiliumNetworkPolicy>),
+    CiliumClusterwideNetworkPolicy(Box<CiliumClusterwideNetworkPolicy>),
+}
+
+/// The file a policy's last valid version is kept in (Kubernetes names have no `_`).
+fn history_name(reference: &PolicyRef) -> String {
+    match &reference.namespace {
+        Some(namespace) => format!("cnp_{namespace}_{}", reference.name),
+        None => format!("ccnp_{}", reference.name),
     }
 }
 
@@ -129,6 +154,8 @@ pub struct PolicyState {
     cluster: LocalCluster,
     rules: Vec<Rule>,
     last_good: LastGoodVersions,
+    /// Where the last valid versions are kept across restarts (none in unit tests).
+    history: Option<RecordDir>,
     cache: SelectorCache,
     cidrs: CidrIdentities,
     mode: EnforcementMode,
@@ -142,11 +169,64 @@ impl PolicyState {
             cluster,
             rules: Vec::new(),
             last_good: LastGoodVersions::default(),
+            history: None,
             cache: SelectorCache::default(),
             cidrs: CidrIdentities::default(),
             mode,
             revision: 0,
         }
+    }
+
+    /// Keeps the policies' last valid versions in `history`, and takes back those an
+    /// earlier run kept there (a saved version that no longer parses is dropped).
+    pub fn with_history(mut self, history: RecordDir) -> Result<Self, StateError> {
+        let loaded = history.load(|_, _: &SavedPolicy| Ok(()))?;
+        for (path, reason) in &loaded.unreadable {
+            tracing::warn!(path = %path.display(), %reason, "kept policy version unreadable; set aside");
+        }
+        for (name, saved) in loaded.records {
+            let (reference, meta, parsed) = match &saved {
+                SavedPolicy::CiliumNetworkPolicy(cnp) => (
+                    PolicyRef {
+                        namespace: cnp.metadata.namespace.clone(),
+                        name: cnp.metadata.name.clone().unwrap_or_default(),
+                    },
+                    &cnp.metadata,
+                    checked(cnp.as_ref()).and_then(|()| parse_cnp(cnp, &self.cluster)),
+                ),
+                SavedPolicy::CiliumClusterwideNetworkPolicy(ccnp) => (
+                    PolicyRef {
+                        namespace: None,
+                        name: ccnp.metadata.name.clone().unwrap_or_default(),
+                    },
+                    &ccnp.metadata,
+                    checked(ccnp.as_ref()).and_then(|()| parse_ccnp(ccnp, &self.cluster)),
+                ),
+            };
+            match parsed {
+                Ok(_) if history_name(&reference) != name => {
+                    tracing::warn!(%name, "kept policy version under another name; ignored");
+                }
+                Ok(rules) => {
+                    let last = LastGood {
+                        uid: meta.uid.clone(),
+                        generation: meta.generation,
+                        rules,
+                    };
+                    self.last_good.0.insert(reference, last);
+                }
+                Err(problems) => {
+                    tracing::warn!(%name, ?problems, "kept policy version no longer valid; dropped");
+                    history.remove(&name)?;
+                }
+            }
+        }
+        tracing::info!(
+            policies = self.last_good.0.len(),
+            "last valid policy versions restored"
+        );
+        self.history = Some(history);
+        Ok(self)
     }
 
     /// Reads every policy: the valid ones' rules replace the current set; each policy's
@@ -160,10 +240,17 @@ impl PolicyState {
         let cluster = &self.cluster;
         let mut rules = Vec::new();
         let mut validities = BTreeMap::new();
-        let mut admit = |reference: PolicyRef, meta: &kube::api::ObjectMeta, parsed| {
-            let (admitted, validity) =
+        let mut new_versions = Vec::new();
+        let mut admit = |reference: PolicyRef,
+                         meta: &kube::api::ObjectMeta,
+                         parsed,
+                         saved: &dyn Fn() -> SavedPolicy| {
+            let (admitted, validity, new_version) =
                 self.last_good
                     .admit(&reference, meta.uid.clone(), meta.generation, parsed);
+            if new_version {
+                new_versions.push((history_name(&reference), saved()));
+            }
             rules.extend(admitted);
             validities.insert(reference, validity);
         };
@@ -173,7 +260,9 @@ impl PolicyState {
                 name: cnp.metadata.name.clone().unwrap_or_default(),
             };
             let parsed = checked(cnp.as_ref()).and_then(|()| parse_cnp(cnp, cluster));
-            admit(reference, &cnp.metadata, parsed);
+            admit(reference, &cnp.metadata, parsed, &|| {
+                SavedPolicy::CiliumNetworkPolicy(Box::new(cnp.as_ref().clone()))
+            });
         }
         for ccnp in ccnps {
             let reference = PolicyRef {
@@ -181,12 +270,35 @@ impl PolicyState {
                 name: ccnp.metadata.name.clone().unwrap_or_default(),
             };
             let parsed = checked(ccnp.as_ref()).and_then(|()| parse_ccnp(ccnp, cluster));
-            admit(reference, &ccnp.metadata, parsed);
+            admit(reference, &ccnp.metadata, parsed, &|| {
+                SavedPolicy::CiliumClusterwideNetworkPolicy(Box::new(ccnp.as_ref().clone()))
+            });
         }
         // Deleted policies leave no history behind.
+        let deleted: Vec<PolicyRef> = self
+            .last_good
+            .0
+            .keys()
+            .filter(|reference| !validities.contains_key(*reference))
+            .cloned()
+            .collect();
         self.last_good
             .0
             .retain(|reference, _| validities.contains_key(reference));
+        if let Some(history) = &self.history {
+            let kept = new_versions
+                .iter()
+                .try_for_each(|(name, saved)| history.save(name, saved))
+                .and_then(|()| {
+                    deleted
+                        .iter()
+                        .try_for_each(|reference| history.remove(&history_name(reference)))
+                });
+            if let Err(e) = kept {
+                // Enforcement is unaffected; only a restart meanwhile would lose the version.
+                tracing::warn!(error = %e, "keeping the last valid policy versions failed");
+            }
+        }
         self.cidrs.update(&rules);
         if rules != self.rules {
             // Selections of selectors no rule uses any more would be kept current forever;
@@ -212,8 +324,14 @@ impl PolicyState {
         self.cache.identities().get(&id)
     }
 
-    pub fn endpoint(&mut self, labels: &LabelSet) -> EndpointPolicy {
-        endpoint_policy(&self.rules, labels, &mut self.cache, &self.cidrs, self.mode)
+    /// The policy of an endpoint with `labels` and the port names `ports`.
+    pub fn endpoint(&mut self, labels: &LabelSet, ports: &PortNames) -> EndpointPolicy {
+        let mut inputs = Inputs {
+            cache: &mut self.cache,
+            cidrs: &self.cidrs,
+            ports,
+        };
+        endpoint_policy(&self.rules, labels, &mut inputs, self.mode)
     }
 
     /// Every identity the agent knows: reserved, the cluster's and the CIDRs'.
@@ -322,5 +440,37 @@ spec:
         state.load(&[], &[]);
         state.load(&[cnp("u2", 3, "99999")], &[]);
         assert_eq!(state.rule_count(), 0, "no history after the deletion");
+    }
+
+    fn with_history(dir: &std::path::Path) -> PolicyState {
+        PolicyState::new(EnforcementMode::Default, LocalCluster::new("c1"))
+            .with_history(RecordDir::open(dir.to_owned()).expect("dir"))
+            .expect("history")
+    }
+
+    #[test]
+    fn the_last_valid_version_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut before = with_history(dir.path());
+        before.load(&[cnp("u1", 1, "6379")], &[]);
+        let enforced = before.rules_json().1;
+        drop(before);
+
+        // Restarted while the object in the cluster is invalid: generation 1 stays.
+        let mut after = with_history(dir.path());
+        let invalid = after.load(&[cnp("u1", 2, "99999")], &[]);
+        assert!(
+            invalid[&reference()]
+                .message
+                .contains("(generation 1) stays enforced")
+        );
+        assert_eq!(after.rules_json().1, enforced);
+
+        // A deleted policy's kept version goes with it.
+        after.load(&[], &[]);
+        let mut again = with_history(dir.path());
+        again.load(&[cnp("u1", 2, "99999")], &[]);
+        assert_eq!(again.rule_count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
     }
 }

@@ -28,7 +28,8 @@ use crate::clustermesh::{ClusterMesh, RemoteCache};
 use crate::endpoints::EndpointRecord;
 use crate::policy::{PolicyState, Validity};
 use crate::{cep, controllers, ipcache, routes};
-use cilium_policy::PolicyRef;
+use cilium_crds::endpoint::NamedPort;
+use cilium_policy::{PolicyRef, PortNames};
 
 const RESYNC_PERIOD: Duration = Duration::from_secs(10);
 /// CiliumEndpoint writes in flight at once.
@@ -80,6 +81,17 @@ impl Caches {
         self.endpoint_slices.wait_until_ready().await?;
         self.endpoints.wait_until_ready().await
     }
+}
+
+/// Named ports as the policy engine takes them; ports of an unknown protocol are left out.
+fn port_triples(ports: &[NamedPort]) -> impl Iterator<Item = (&str, u8, u16)> {
+    ports.iter().filter_map(|p| {
+        Some((
+            p.name.as_deref()?,
+            cilium_policy::named::protocol_number(p.protocol.as_deref())?,
+            p.port?,
+        ))
+    })
 }
 
 /// The labels an endpoint record carries (`source:key=value` texts).
@@ -259,6 +271,18 @@ impl Reconciler {
         let mut state = self.policy.lock().unwrap_or_else(|p| p.into_inner());
         let validities = state.load(&self.caches.cnps.state(), &self.caches.ccnps.state());
         state.update_identities(identities);
+        // Egress rules' port names: every endpoint's in the cluster (this node's pods too,
+        // whose CiliumEndpoints may not be written yet).
+        let ceps = self.caches.endpoints.state();
+        let local_pods = self.caches.pods.state();
+        let local_ports: Vec<Vec<NamedPort>> =
+            local_pods.iter().map(|p| NamedPort::of_pod(p)).collect();
+        let cluster_ports: Vec<(&str, u8, u16)> = ceps
+            .iter()
+            .filter_map(|cep| cep.status.as_ref()?.named_ports.as_ref())
+            .chain(&local_ports)
+            .flat_map(|ports| port_triples(ports))
+            .collect();
         // Failures are logged per endpoint and kept in the controller's status.
         let _ = self.agent.controller(controllers::POLICY, || {
             let mut failed = Vec::new();
@@ -279,7 +303,9 @@ impl Reconciler {
                         }
                     },
                 };
-                let policy = state.endpoint(&labels);
+                let own = self.pod_of(&record).map(|p| NamedPort::of_pod(&p)).unwrap_or_default();
+                let ports = PortNames::new(port_triples(&own), cluster_ports.iter().copied());
+                let policy = state.endpoint(&labels, &ports);
                 if let Err(e) = self.agent.set_policy(record.id, record.identity, policy) {
                     tracing::warn!(id = record.id, error = %e, "setting the endpoint's policy failed; it drops all traffic until a policy fits");
                     failed.push(e.to_string());
@@ -346,11 +372,7 @@ impl Reconciler {
             .collect();
         let node = self.agent.node();
         for record in self.agent.records() {
-            let pod = self
-                .caches
-                .pods
-                .get(&ObjectRef::new(&record.k8s_pod_name).within(&record.k8s_namespace));
-            let Some(pod) = pod else {
+            let Some(pod) = self.pod_of(&record) else {
                 continue;
             };
             let namespace = self
@@ -411,9 +433,24 @@ impl Reconciler {
         Ok(())
     }
 
+    /// The Pod of endpoint `record`, once the cache has it.
+    fn pod_of(&self, record: &EndpointRecord) -> Option<Arc<Pod>> {
+        self.caches
+            .pods
+            .get(&ObjectRef::new(&record.k8s_pod_name).within(&record.k8s_namespace))
+    }
+
     async fn sync_endpoint(&self, record: &EndpointRecord) -> Result<(), kube::Error> {
         let (state, enforcement) = self.agent.lifecycle(record);
-        let status = cep::status(record, self.agent.node().ip, state, enforcement);
+        let pod = self.pod_of(record);
+        let named_ports = pod.as_deref().map(NamedPort::of_pod).unwrap_or_default();
+        let status = cep::status(
+            record,
+            self.agent.node().ip,
+            state,
+            enforcement,
+            named_ports,
+        );
         let api: Api<CiliumEndpoint> = Api::namespaced(self.client.clone(), &record.k8s_namespace);
         let existing = self
             .caches
@@ -433,11 +470,7 @@ impl Reconciler {
                 .map(drop)
             }
             None => {
-                let pod_uid = self
-                    .caches
-                    .pods
-                    .get(&ObjectRef::new(&record.k8s_pod_name).within(&record.k8s_namespace))
-                    .and_then(|p| p.uid());
+                let pod_uid = pod.and_then(|p| p.uid());
                 let object = cep::object(record, pod_uid.as_deref(), status);
                 match api.create(&PostParams::default(), &object).await {
                     Ok(_) => {

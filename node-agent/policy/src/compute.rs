@@ -8,6 +8,7 @@ use cilium_datapath::{Direction, L4Match, PolicyKey, PolicyMap, Verdict};
 use cilium_identity::{LabelSet, ReservedIdentity};
 
 use crate::cache::{CidrIdentities, SelectorCache};
+use crate::named::PortNames;
 use crate::rules::{L4Scope, Peer, PeerRule, Rule};
 use crate::selector::Selector;
 
@@ -105,22 +106,38 @@ fn peer_identities(
     identities
 }
 
+/// What an endpoint's policy is computed against besides the rules.
+pub struct Inputs<'a> {
+    pub cache: &'a mut SelectorCache,
+    pub cidrs: &'a CidrIdentities,
+    /// The endpoint's and the cluster's port names.
+    pub ports: &'a PortNames,
+}
+
 fn entries(
     section: &PeerRule,
     direction: Direction,
     verdict: Verdict,
     requires: &[Selector],
-    cache: &mut SelectorCache,
-    cidrs: &CidrIdentities,
+    inputs: &mut Inputs<'_>,
 ) -> Vec<(PolicyKey, Verdict)> {
     let l4: Vec<L4Match> = match &section.l4 {
         L4Scope::Any => vec![L4Match::Any],
-        L4Scope::Only(l4) => l4.clone(),
+        L4Scope::Only(l4) => l4
+            .iter()
+            .copied()
+            .chain(
+                section
+                    .named
+                    .iter()
+                    .flat_map(|named| inputs.ports.resolve(direction, named)),
+            )
+            .collect(),
     };
     if l4.is_empty() {
         return Vec::new();
     }
-    let identities = peer_identities(section, requires, cache, cidrs);
+    let identities = peer_identities(section, requires, inputs.cache, inputs.cidrs);
     identities
         .into_iter()
         .flat_map(|identity| {
@@ -142,8 +159,7 @@ fn entries(
 pub fn endpoint_policy(
     rules: &[Rule],
     labels: &LabelSet,
-    cache: &mut SelectorCache,
-    cidrs: &CidrIdentities,
+    inputs: &mut Inputs<'_>,
     mode: EnforcementMode,
 ) -> EndpointPolicy {
     let selecting: Vec<&Rule> = match mode {
@@ -195,8 +211,7 @@ pub fn endpoint_policy(
                     direction,
                     Verdict::Allow,
                     &requires,
-                    cache,
-                    cidrs,
+                    inputs,
                 ));
             }
             for section in deny {
@@ -205,8 +220,7 @@ pub fn endpoint_policy(
                     direction,
                     Verdict::Deny,
                     &requires_deny,
-                    cache,
-                    cidrs,
+                    inputs,
                 ));
             }
         }
@@ -258,6 +272,7 @@ mod tests {
         cache: SelectorCache,
         cidrs: CidrIdentities,
         mode: EnforcementMode,
+        ports: PortNames,
     }
 
     impl World {
@@ -301,18 +316,18 @@ mod tests {
                 cache,
                 cidrs,
                 mode: EnforcementMode::Default,
+                ports: PortNames::default(),
             }
         }
 
         fn policy(&mut self, identity: u32) -> EndpointPolicy {
             let labels = self.cache.identities()[&identity].clone();
-            endpoint_policy(
-                &self.rules,
-                &labels,
-                &mut self.cache,
-                &self.cidrs,
-                self.mode,
-            )
+            let mut inputs = Inputs {
+                cache: &mut self.cache,
+                cidrs: &self.cidrs,
+                ports: &self.ports,
+            };
+            endpoint_policy(&self.rules, &labels, &mut inputs, self.mode)
         }
 
         /// The datapath's verdict for a packet to (ingress) or from (egress) `identity`.
@@ -756,6 +771,50 @@ spec:
         assert!(parse_cnp(&cnp, &LocalCluster::new("c1")).is_ok());
     }
 
+    /// Cilium's named ports: an ingress rule's name is the selected endpoint's own port, an
+    /// egress rule's the peers'; allow and deny alike; an unknown name opens nothing.
+    #[test]
+    fn named_ports_resolve_per_endpoint() {
+        let policy = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: default}
+specs:
+- endpointSelector: {matchLabels: {app: protected-db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: employee}}]
+    toPorts: [{ports: [{port: redis, protocol: TCP}]}]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: stranger}}]
+    toPorts: [{ports: [{port: admin}]}]
+- endpointSelector: {matchLabels: {app: employee}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: protected-db}}]
+    toPorts: [{ports: [{port: redis, protocol: TCP}, {port: nowhere}]}]
+"#;
+        let mut world = World::new(&[policy]);
+        world.ports = PortNames::new(
+            [("redis", PROTO_TCP, 6379), ("admin", PROTO_TCP, 9000)],
+            [("redis", PROTO_TCP, 6380)],
+        );
+        assert!(world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 6379));
+        assert!(!world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 6380));
+        assert!(
+            world
+                .policy(DB)
+                .map
+                .decide(STRANGER, Direction::Ingress, PROTO_TCP, 9000)
+                == Some(Verdict::Deny)
+        );
+        assert!(world.allows(EMPLOYEE, Direction::Egress, DB, PROTO_TCP, 6380));
+        assert!(!world.allows(EMPLOYEE, Direction::Egress, DB, PROTO_TCP, 6379));
+        // Without the names nothing opens (the rule still makes the endpoint enforced).
+        world.ports = PortNames::default();
+        let db = world.policy(DB);
+        assert!(db.ingress_enforced);
+        assert!(!world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 6379));
+    }
+
     #[test]
     fn a_new_identity_is_selected_incrementally() {
         let mut world = World::new(&[PROTECTED_DB]);
@@ -816,12 +875,12 @@ spec:
 
     #[test]
     fn unusable_policies_are_rejected_whole() {
-        let named = PROTECTED_DB.replace("port: \"6379\"", "port: redis");
+        let named = PROTECTED_DB.replace("port: \"6379\"", "port: redis, endPort: 6380");
         let cnp: CiliumNetworkPolicy = serde_yaml::from_str(&named).expect("cnp");
         let problems =
-            parse_cnp(&cnp, &LocalCluster::new("c1")).expect_err("named ports are not supported");
+            parse_cnp(&cnp, &LocalCluster::new("c1")).expect_err("a named range is no range");
         assert!(
-            problems[0].contains("spec.ingress[0].toPorts[0].ports[0].port"),
+            problems[0].contains("spec.ingress[0].toPorts[0].ports[0].endPort"),
             "{problems:?}"
         );
         let bad_cidr = r#"

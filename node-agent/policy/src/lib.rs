@@ -7,15 +7,18 @@
 //! - [`cache`] is the selector cache (selector → identities it selects), updated
 //!   identity by identity, and the local CIDR identities.
 //! - [`compute`] gives one endpoint's policy map from the rules that select it.
+//! - [`named`] resolves named ports per endpoint.
 //! - [`render`] shows rules and selectors in Cilium's format, for the CLI.
 
 pub mod cache;
 pub mod compute;
+pub mod named;
 pub mod render;
 pub mod rules;
 pub mod selector;
 
 pub use cache::{CidrIdentities, SelectorCache};
-pub use compute::{EndpointPolicy, EnforcementMode, endpoint_policy};
+pub use compute::{EndpointPolicy, EnforcementMode, Inputs, endpoint_policy};
+pub use named::PortNames;
 pub use rules::{LocalCluster, Peer, PeerRule, PolicyRef, Rule, parse_ccnp, parse_cnp};
 pub use selector::Selector;

@@ -162,6 +162,25 @@ fn peer_rule_json(section: &PeerRule, side: &str) -> Value {
     if let L4Scope::Only(l4) = &section.l4 {
         l4_json(l4, &mut out);
     }
+    if !section.named.is_empty() {
+        let named = section.named.iter().flat_map(|n| {
+            n.protocols
+                .iter()
+                .map(|p| json!({"port": n.name, "protocol": protocol_name(*p)}))
+        });
+        match out
+            .get_mut("toPorts")
+            .and_then(|t| t[0]["ports"].as_array_mut())
+        {
+            Some(ports) => ports.extend(named),
+            None => {
+                out.insert(
+                    "toPorts".into(),
+                    json!([{ "ports": named.collect::<Vec<_>>() }]),
+                );
+            }
+        }
+    }
     if section.has_l7() {
         // Not Cilium's: the ports of L7 rules, which stay closed while L7 is not enforced.
         let mut closed = Map::new();

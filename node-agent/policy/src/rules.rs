@@ -15,6 +15,7 @@ use cilium_datapath::L4Match;
 use cilium_datapath::policy::{PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use ipnet::IpNet;
 
+use crate::named::NamedL4;
 use crate::selector::Selector;
 
 /// The namespace label every pod identity carries.
@@ -70,6 +71,8 @@ pub struct PeerRule {
     /// ANDed into the `Endpoints` peers of that kind of section for the endpoint.
     pub requires: Vec<Selector>,
     pub l4: L4Scope,
+    /// Ports given by name, added to `l4` for each endpoint (see [`crate::named`]).
+    pub named: Vec<NamedL4>,
     /// Ports whose `toPorts` entry has L7 rules. L7 is not enforced yet, so they are not
     /// opened to the section's peers at all (fail-closed), rather than opened at L4.
     pub l7_ports: Vec<L4Match>,
@@ -204,8 +207,10 @@ impl Context<'_> {
         Some(Peer::Cidr { cidr, except })
     }
 
-    fn ports(&mut self, path: &str, ports: &[PortProtocol]) -> Vec<L4Match> {
+    /// The numbered ports as L4 matches, and the named ones (resolved per endpoint).
+    fn ports(&mut self, path: &str, ports: &[PortProtocol]) -> (Vec<L4Match>, Vec<NamedL4>) {
         let mut matches = Vec::new();
+        let mut named = Vec::new();
         for (i, port) in ports.iter().enumerate() {
             let protocols: &[u8] = match port.protocol.unwrap_or_default() {
                 Protocol::Tcp => &[PROTO_TCP],
@@ -214,10 +219,17 @@ impl Context<'_> {
                 Protocol::Any => &[PROTO_TCP, PROTO_UDP, PROTO_SCTP],
             };
             let Ok(first) = port.port.parse::<u16>() else {
-                self.problems.push(format!(
-                    "{path}[{i}].port: named port {:?} is not supported yet; use its number",
-                    port.port
-                ));
+                if port.end_port.is_some() {
+                    self.problems.push(format!(
+                        "{path}[{i}].endPort: needs a numbered port, not {:?}",
+                        port.port
+                    ));
+                    continue;
+                }
+                named.push(NamedL4 {
+                    name: port.port.clone(),
+                    protocols: protocols.to_vec(),
+                });
                 continue;
             };
             let last = match port.end_port.map(u16::try_from) {
@@ -238,7 +250,7 @@ impl Context<'_> {
                 }
             }
         }
-        matches
+        (matches, named)
     }
 
     fn icmps(&mut self, path: &str, rules: &[IcmpRule]) -> Vec<L4Match> {
@@ -343,20 +355,24 @@ fn peer_rule(context: &mut Context<'_>, path: &str, section: Section<'_>) -> Pee
         .flatten()
         .map(|s| context.peer_selector(s))
         .collect();
-    let (mut l4, mut l7_ports) = (Vec::new(), Vec::new());
+    let (mut l4, mut named, mut l7_ports) = (Vec::new(), Vec::new(), Vec::new());
+    let mut has_l7_names = false;
     for (i, (ports, has_l7)) in section.ports.iter().enumerate() {
-        let matches = context.ports(&format!("{path}.toPorts[{i}].ports"), ports);
+        let (matches, names) = context.ports(&format!("{path}.toPorts[{i}].ports"), ports);
         if *has_l7 {
+            // Closed whatever they are named: L7 is not enforced.
             l7_ports.extend(matches);
+            has_l7_names |= !names.is_empty();
         } else {
             l4.extend(matches);
+            named.extend(names);
         }
     }
     l4.extend(context.icmps(
         &format!("{path}.icmps"),
         section.icmps.as_deref().unwrap_or_default(),
     ));
-    if asked_for_l4 && l4.is_empty() && l7_ports.is_empty() {
+    if asked_for_l4 && l4.is_empty() && named.is_empty() && l7_ports.is_empty() && !has_l7_names {
         // Ports were given but none is usable: the section must not widen to every port.
         context
             .problems
@@ -370,6 +386,7 @@ fn peer_rule(context: &mut Context<'_>, path: &str, section: Section<'_>) -> Pee
         } else {
             L4Scope::Any
         },
+        named,
         l7_ports,
     }
 }
