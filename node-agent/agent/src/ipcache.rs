@@ -31,7 +31,10 @@ fn reserved(identity: ReservedIdentity) -> IpcacheEntry {
 }
 
 /// What the ipcache should hold. `local_node` names this node's CiliumNode; `local` are this
-/// node's endpoints, which win over what CiliumEndpoints say (those lag behind).
+/// node's endpoints, which win over what CiliumEndpoints say (those lag behind);
+/// `apiservers` are the `kubernetes` Service's endpoints: those on another node get
+/// `kube-apiserver` (7), as in Cilium (this node's stay `host`, labelled in the policy
+/// engine; one outside the cluster stays what it is, narrower than Cilium's labelled CIDR).
 pub fn desired<'a>(
     local_node: &str,
     local_node_ip: IpAddr,
@@ -39,6 +42,7 @@ pub fn desired<'a>(
     endpoints: impl IntoIterator<Item = &'a CiliumEndpoint>,
     local: impl IntoIterator<Item = &'a EndpointRecord>,
     remote: &[&RemoteCache],
+    apiservers: &[IpAddr],
 ) -> BTreeMap<IpNet, IpcacheEntry> {
     let mut wanted = BTreeMap::new();
     for world in ["0.0.0.0/0", "::/0"] {
@@ -68,6 +72,14 @@ pub fn desired<'a>(
             if let Some(Ok(ip)) = ip.map(str::parse::<IpAddr>) {
                 wanted.insert(IpNet::from(ip), reserved(ReservedIdentity::Health));
             }
+        }
+    }
+    let remote_node = ReservedIdentity::RemoteNode.id().0;
+    for ip in apiservers {
+        if let Some(entry) = wanted.get_mut(&IpNet::from(*ip))
+            && entry.identity == remote_node
+        {
+            entry.identity = ReservedIdentity::KubeApiserver.id().0;
         }
     }
     for cep in endpoints {
@@ -208,6 +220,38 @@ pub(crate) mod tests {
         text.parse().expect("prefix")
     }
 
+    /// Cilium's `kube-apiserver` entity: the `kubernetes` Service's endpoint on another node
+    /// is identity 7; on this node it stays `host`; outside the cluster it is not labelled.
+    #[test]
+    fn apiserver_endpoints_on_other_nodes_are_kube_apiserver() {
+        let nodes = [
+            cilium_node("n1", "192.168.60.11", "10.0.1.1", "10.0.1.2"),
+            cilium_node("n2", "192.168.60.12", "10.0.2.1", "10.0.2.2"),
+        ];
+        let node_ip: IpAddr = "192.168.60.11".parse().expect("ip");
+        let apiservers: Vec<IpAddr> = ["192.168.60.11", "192.168.60.12", "203.0.113.7"]
+            .iter()
+            .map(|ip| ip.parse().expect("ip"))
+            .collect();
+        let wanted = desired(
+            "n1",
+            node_ip,
+            &[&nodes[0], &nodes[1]],
+            [],
+            [],
+            &[],
+            &apiservers,
+        );
+        let identity = |p: &str| wanted.get(&net(p)).map(|e| e.identity);
+        assert_eq!(identity("192.168.60.12/32"), Some(7));
+        assert_eq!(identity("192.168.60.11/32"), Some(1));
+        assert_eq!(
+            identity("203.0.113.7/32"),
+            None,
+            "world, as any outside address"
+        );
+    }
+
     #[test]
     fn the_whole_cluster_with_reserved_identities() {
         let nodes = [
@@ -223,7 +267,15 @@ pub(crate) mod tests {
         let mut local = crate::endpoints::tests::record(3, "a", [10, 0, 1, 3]);
         local.identity = 43_000;
         let node_ip: IpAddr = "192.168.60.11".parse().expect("ip");
-        let wanted = desired("n1", node_ip, &[&nodes[0], &nodes[1]], &ceps, [&local], &[]);
+        let wanted = desired(
+            "n1",
+            node_ip,
+            &[&nodes[0], &nodes[1]],
+            &ceps,
+            [&local],
+            &[],
+            &[],
+        );
         let identity = |p: &str| wanted.get(&net(p)).map(|e| e.identity);
         assert_eq!(identity("0.0.0.0/0"), Some(2));
         assert_eq!(identity("::/0"), Some(2));
@@ -274,7 +326,7 @@ pub(crate) mod tests {
             &cilium_node("c2n1", "192.168.60.11", "10.211.0.1", "10.211.0.2"),
         );
         cluster2.nodes.insert("c2n1".into(), remote_node);
-        let wanted = desired("n1", node_ip, &[&node], [], [], &[&cluster2]);
+        let wanted = desired("n1", node_ip, &[&node], [], [], &[&cluster2], &[]);
         let get = |p: &str| wanted.get(&net(p)).copied();
         let employee = get("10.211.0.5/32").expect("the remote endpoint");
         assert_eq!(employee.identity, c2 + 300);

@@ -8,7 +8,7 @@ use cilium_crds::policy::PolicyCondition;
 use cilium_crds::validation::PolicyObject;
 use cilium_crds::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, validate_policy};
 use cilium_identity::LabelSet;
-use cilium_policy::cache::reserved_identities;
+use cilium_policy::cache::reserved_identities_on;
 use cilium_policy::render::rule_json;
 use cilium_policy::{
     CidrIdentities, EndpointPolicy, EnforcementMode, Inputs, LocalCluster, PolicyRef, PortNames,
@@ -310,10 +310,15 @@ impl PolicyState {
         validities
     }
 
-    /// The selector cache's identities: reserved, the cluster's (from CiliumIdentities) and
-    /// the CIDRs' local ones. Returns how many changed.
-    pub fn update_identities(&mut self, identities: &[(u32, LabelSet)]) -> usize {
-        let mut all = reserved_identities();
+    /// The selector cache's identities: reserved (the host's labelled `kube-apiserver` when
+    /// this node is an apiserver endpoint), the cluster's (from CiliumIdentities) and the
+    /// CIDRs' local ones. Returns how many changed.
+    pub fn update_identities(
+        &mut self,
+        identities: &[(u32, LabelSet)],
+        apiserver_on_host: bool,
+    ) -> usize {
+        let mut all = reserved_identities_on(apiserver_on_host);
         all.extend(identities.iter().cloned());
         all.extend(self.cidrs.identities());
         self.cache.update_identities(all)

@@ -43,6 +43,34 @@ fn backends(published: &ClusterService) -> impl Iterator<Item = BackendModel> + 
         })
 }
 
+/// The addresses of the apiserver: the ready endpoints of the `default/kubernetes`
+/// Service's EndpointSlices (what Cilium labels `reserved:kube-apiserver`).
+pub fn kube_apiservers(slices: &[Arc<EndpointSlice>]) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = slices
+        .iter()
+        .filter(|slice| {
+            slice.metadata.namespace.as_deref() == Some("default")
+                && slice
+                    .labels()
+                    .get(cilium_kvstore::service::SERVICE_NAME_LABEL)
+                    .is_some_and(|name| name == "kubernetes")
+        })
+        .flat_map(|slice| &slice.endpoints)
+        .filter(|endpoint| {
+            endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true)
+        })
+        .flat_map(|endpoint| &endpoint.addresses)
+        .filter_map(|address| address.parse().ok())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
 /// This cluster's (namespace, name) of every global service.
 pub fn local_global(services: &[Arc<Service>]) -> BTreeSet<(String, String)> {
     services
@@ -148,6 +176,25 @@ mod tests {
 
     fn service_ref(name: &str) -> Service {
         (*service(name, true)).clone()
+    }
+
+    #[test]
+    fn the_apiserver_is_the_kubernetes_services_ready_endpoints() {
+        let mut not_ready = (*slice("kubernetes", "192.168.60.13")).clone();
+        not_ready.metadata.name = Some("kubernetes-2".into());
+        not_ready.endpoints[0].conditions = Some(Default::default());
+        if let Some(c) = not_ready.endpoints[0].conditions.as_mut() {
+            c.ready = Some(false);
+        }
+        let slices = [
+            slice("kubernetes", "192.168.60.12"),
+            slice("db", "10.210.0.5"),
+            Arc::new(not_ready),
+        ];
+        assert_eq!(
+            kube_apiservers(&slices),
+            vec!["192.168.60.12".parse::<IpAddr>().expect("ip")]
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::agent::Agent;
 use crate::clustermesh::{ClusterMesh, RemoteCache};
 use crate::endpoints::EndpointRecord;
 use crate::policy::{PolicyState, Validity};
-use crate::{cep, controllers, ipcache, routes};
+use crate::{cep, controllers, ipcache, routes, services};
 use cilium_crds::endpoint::NamedPort;
 use cilium_policy::{PolicyRef, PortNames};
 
@@ -180,7 +180,9 @@ impl Reconciler {
                 .iter()
                 .flat_map(|c| c.identities.iter().map(|(id, l)| (*id, l.clone()))),
         );
-        let (validities, cidr_entries) = self.compute_policies(&identities);
+        let apiservers = services::kube_apiservers(&self.caches.endpoint_slices.state());
+        let apiserver_on_host = apiservers.contains(&self.agent.node().ip);
+        let (validities, cidr_entries) = self.compute_policies(&identities, apiserver_on_host);
         if let Err(e) = self
             .controlled(controllers::SYNC_ENDPOINTS, self.sync_endpoints())
             .await
@@ -201,6 +203,7 @@ impl Reconciler {
                     ceps.iter().map(Arc::as_ref),
                     local,
                     &remote,
+                    &apiservers,
                 );
                 // CIDRs of policies, unless an endpoint or node holds that very prefix.
                 for (prefix, identity) in &cidr_entries {
@@ -267,10 +270,11 @@ impl Reconciler {
     fn compute_policies(
         &self,
         identities: &[(u32, LabelSet)],
+        apiserver_on_host: bool,
     ) -> (BTreeMap<PolicyRef, Validity>, Vec<(ipnet::IpNet, u32)>) {
         let mut state = self.policy.lock().unwrap_or_else(|p| p.into_inner());
         let validities = state.load(&self.caches.cnps.state(), &self.caches.ccnps.state());
-        state.update_identities(identities);
+        state.update_identities(identities, apiserver_on_host);
         // Egress rules' port names: every endpoint's in the cluster (this node's pods too,
         // whose CiliumEndpoints may not be written yet).
         let ceps = self.caches.endpoints.state();

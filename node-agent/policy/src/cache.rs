@@ -14,13 +14,32 @@ pub const LOCAL_IDENTITY_BASE: u32 = 1 << 24;
 
 /// The reserved identities and their `reserved:<name>` labels.
 pub fn reserved_identities() -> BTreeMap<u32, LabelSet> {
-    ReservedIdentity::ALL
+    let reserved = |r: ReservedIdentity| Label::new("reserved", r.name(), "");
+    let mut identities: BTreeMap<u32, LabelSet> = ReservedIdentity::ALL
         .iter()
-        .map(|r| {
-            let labels: LabelSet = [Label::new("reserved", r.name(), "")].into_iter().collect();
-            (r.id().0, labels)
-        })
-        .collect()
+        .map(|r| (r.id().0, [reserved(*r)].into_iter().collect()))
+        .collect();
+    // As Cilium: `kube-apiserver` (7) is an apiserver on another node, so it is a remote
+    // node too (a `remote-node` rule still admits that node).
+    if let Some(labels) = identities.get_mut(&ReservedIdentity::KubeApiserver.id().0) {
+        labels.insert(reserved(ReservedIdentity::RemoteNode));
+    }
+    identities
+}
+
+/// [`reserved_identities`] for a node that does or does not run a kube-apiserver endpoint
+/// itself: where it does, the host identity carries `reserved:kube-apiserver` too (Cilium
+/// labels the host rather than giving its address identity 7).
+pub fn reserved_identities_on(apiserver_on_host: bool) -> BTreeMap<u32, LabelSet> {
+    let mut identities = reserved_identities();
+    if apiserver_on_host && let Some(labels) = identities.get_mut(&ReservedIdentity::Host.id().0) {
+        labels.insert(Label::new(
+            "reserved",
+            ReservedIdentity::KubeApiserver.name(),
+            "",
+        ));
+    }
+    identities
 }
 
 #[derive(Debug, Default)]
@@ -195,5 +214,11 @@ mod tests {
         assert!(Selector::reserved("world").matches(&reserved[&2]));
         assert!(Selector::reserved("host").matches(&reserved[&1]));
         assert!(!Selector::reserved("host").matches(&reserved[&2]));
+        let apiserver = Selector::reserved("kube-apiserver");
+        assert!(apiserver.matches(&reserved[&7]));
+        assert!(Selector::reserved("remote-node").matches(&reserved[&7]));
+        assert!(!apiserver.matches(&reserved[&1]));
+        assert!(apiserver.matches(&reserved_identities_on(true)[&1]));
+        assert!(Selector::reserved("host").matches(&reserved_identities_on(true)[&1]));
     }
 }

@@ -815,6 +815,29 @@ specs:
         assert!(!world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 6379));
     }
 
+    /// `toEntities: kube-apiserver` selects identity 7 (an apiserver on another node, which
+    /// `remote-node` still selects too), not other nodes.
+    #[test]
+    fn the_kube_apiserver_entity() {
+        let policy = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: employee}}
+  egress:
+  - toEntities: [kube-apiserver]
+    toPorts: [{ports: [{port: "6443", protocol: TCP}]}]
+"#;
+        let mut world = World::new(&[policy]);
+        assert!(world.allows(EMPLOYEE, Direction::Egress, 7, PROTO_TCP, 6443));
+        assert!(!world.allows(EMPLOYEE, Direction::Egress, 6, PROTO_TCP, 6443));
+        assert!(!world.allows(EMPLOYEE, Direction::Egress, 7, PROTO_TCP, 22));
+        let remote_nodes = policy.replace("[kube-apiserver]", "[remote-node]");
+        let mut world = World::new(&[&remote_nodes]);
+        assert!(world.allows(EMPLOYEE, Direction::Egress, 7, PROTO_TCP, 6443));
+    }
+
     #[test]
     fn a_new_identity_is_selected_incrementally() {
         let mut world = World::new(&[PROTECTED_DB]);
