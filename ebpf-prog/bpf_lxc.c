@@ -100,6 +100,14 @@ struct {
 } cilium_ct_global SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_ports);
+	__uint(max_entries, FRAG_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_ipv4_frag_datagrams SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__type(key, struct metrics_key);
 	__type(value, struct metrics_value);
@@ -261,6 +269,36 @@ static __always_inline int parse_l4(struct flow *f, void *l4, void *end)
 	return PARSE_OK;
 }
 
+/*
+ * An IPv4 packet's L4 part. Fragments are tracked as Cilium does: the first fragment's
+ * ports are remembered per datagram (addresses, id, protocol) and every later fragment is
+ * checked with them; a later fragment whose first was not seen is dropped.
+ */
+static __always_inline int parse_v4_l4(struct flow *f, struct iphdr *ip, void *end)
+{
+	__u16 frag_off = bpf_ntohs(ip->frag_off);
+	struct frag_key key = {
+		.saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .protocol = ip->protocol};
+	int reason;
+
+	if (frag_off & 0x1fff) {
+		struct frag_ports *ports = bpf_map_lookup_elem(&cilium_ipv4_frag_datagrams, &key);
+		if (!ports)
+			return -DROP_FRAG_NOT_FOUND;
+		f->sport = ports->sport;
+		f->dport = ports->dport;
+		f->policy_port = ports->policy_port;
+		return PARSE_OK;
+	}
+	reason = parse_l4(f, (void *)ip + (ip->ihl & 0xf) * 4, end);
+	if (reason == PARSE_OK && (frag_off & 0x2000)) {
+		struct frag_ports ports = {
+			.sport = f->sport, .dport = f->dport, .policy_port = f->policy_port};
+		bpf_map_update_elem(&cilium_ipv4_frag_datagrams, &key, &ports, BPF_ANY);
+	}
+	return reason;
+}
+
 static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 {
 	void *data = (void *)(long)skb->data;
@@ -278,9 +316,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 		f->saddr[0] = ip->saddr;
 		f->daddr[0] = ip->daddr;
 		f->protocol = ip->protocol;
-		if (ip->frag_off & bpf_htons(0x1fff))
-			return -DROP_FRAG_NOSUPPORT;
-		return parse_l4(f, (void *)ip + (ip->ihl & 0xf) * 4, end);
+		return parse_v4_l4(f, ip, end);
 	}
 
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {

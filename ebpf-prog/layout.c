@@ -86,6 +86,15 @@ int main(void)
 	FIELD(verdict_event, dport);
 	FIELD(verdict_event, ifindex);
 	FIELD(verdict_event, packet_len);
+	SIZE(frag_key);
+	FIELD(frag_key, saddr);
+	FIELD(frag_key, daddr);
+	FIELD(frag_key, id);
+	FIELD(frag_key, protocol);
+	SIZE(frag_ports);
+	FIELD(frag_ports, sport);
+	FIELD(frag_ports, dport);
+	FIELD(frag_ports, policy_port);
 	SIZE(prefilter_v4_key);
 	FIELD(prefilter_v4_key, addr);
 	SIZE(prefilter_v6_key);
@@ -125,6 +134,8 @@ int main(void)
 	CONST(DROP_INVALID);
 	CONST(DROP_CT_INVALID_HDR);
 	CONST(DROP_FRAG_NOSUPPORT);
+	CONST(DROP_FRAG_NOT_FOUND);
+	CONST(FRAG_MAP_SIZE);
 	CONST(DROP_POLICY_DENY);
 	CONST(DROP_UNKNOWN_ENDPOINT);
 	return 0;

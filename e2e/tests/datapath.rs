@@ -417,6 +417,46 @@ fn neighbour_solicitation(src: std::net::Ipv6Addr, target: std::net::Ipv6Addr) -
     frame
 }
 
+/// A ping of 3,000 bytes is three IPv4 fragments each way: the later ones meet the policy
+/// (and connection tracking) with their first fragment's ports, as in Cilium; they used to
+/// be dropped whatever the policy said.
+#[test]
+fn ipv4_fragments_meet_the_policy_of_their_first() {
+    let bed = Bed::new();
+    let mut dp = bed.datapath();
+    let big_ping = |from: &Pod, to: &Pod| {
+        from.ns
+            .command("ping")
+            .args(["-c1", "-W2", "-q", "-s", "3000", &to.ip.to_string()])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(
+        big_ping(&bed.employee, &bed.db),
+        "no policy: fragments pass"
+    );
+    dp.set_policy(3, &admit(EMPLOYEE, L4Match::port(PROTO_ICMP, 8)))
+        .expect("policy");
+    dp.drain_events();
+    assert!(
+        big_ping(&bed.employee, &bed.db),
+        "the admitted peer's fragments pass"
+    );
+    assert!(
+        !big_ping(&bed.stranger, &bed.db),
+        "the stranger's are dropped"
+    );
+    let events = dp.drain_events();
+    assert!(
+        drops(&events, 3, abi::DROP_FRAG_NOT_FOUND).is_empty(),
+        "every later fragment found its first: {events:#?}"
+    );
+    assert!(
+        !drops(&events, 3, abi::DROP_POLICY).is_empty(),
+        "{events:#?}"
+    );
+}
+
 #[test]
 fn xdp_prefilter_drops_denied_sources_and_counts_them() {
     let bed = Bed::new();

@@ -32,7 +32,8 @@
 #define DROP_POLICY 133		  /* no policy entry allows the flow */
 #define DROP_INVALID 134	  /* packet too short or malformed */
 #define DROP_CT_INVALID_HDR 135	  /* L4 header could not be read */
-#define DROP_FRAG_NOSUPPORT 157	  /* non-first IP fragment: no ports to check */
+#define DROP_FRAG_NOSUPPORT 157	  /* IPv6 fragment: no ports to check */
+#define DROP_FRAG_NOT_FOUND 158	  /* IPv4 non-first fragment of a datagram whose first was not seen */
 #define DROP_POLICY_DENY 181	  /* an explicit deny entry matched */
 #define DROP_UNKNOWN_ENDPOINT 200 /* not Cilium's: no endpoint entry for this veth */
 
@@ -137,6 +138,25 @@ struct ct_entry {
 	__u16 endpoint_id;
 	__u8 state; /* CT_SEEN_* */
 	__u8 pad;
+};
+
+/* ---- IPv4 fragments (cilium_ipv4_frag_datagrams): LRU hash, datagram -> its L4 ports ---- */
+/* The first fragment carries the ports; the rest are checked with the ports it had. */
+#define FRAG_MAP_SIZE 8192
+
+struct frag_key {
+	__u32 saddr; /* network order */
+	__u32 daddr;
+	__be16 id;
+	__u8 protocol;
+	__u8 pad;
+};
+
+struct frag_ports {
+	__be16 sport;
+	__be16 dport;
+	__be16 policy_port; /* dport, or the ICMP type */
+	__u16 pad;
 };
 
 /* ---- per-endpoint counters: per-CPU hash (endpoint, direction, reason) -> packets ---- */

@@ -47,6 +47,8 @@ pub const DROP_POLICY: u8 = 133;
 pub const DROP_INVALID: u8 = 134;
 pub const DROP_CT_INVALID_HDR: u8 = 135;
 pub const DROP_FRAG_NOSUPPORT: u8 = 157;
+pub const DROP_FRAG_NOT_FOUND: u8 = 158;
+pub const FRAG_MAP_SIZE: u32 = 8192;
 pub const DROP_POLICY_DENY: u8 = 181;
 pub const DROP_UNKNOWN_ENDPOINT: u8 = 200;
 
@@ -116,6 +118,27 @@ pub struct PolicyEntry {
     pub pad2: u16,
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// An IPv4 datagram being fragmented (`cilium_ipv4_frag_datagrams`' key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub id: u16,
+    pub protocol: u8,
+    pub pad: u8,
+}
+
+/// The L4 ports of its first fragment, network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+    pub policy_port: u16,
+    pub pad: u16,
 }
 
 #[repr(C)]
@@ -336,6 +359,18 @@ mod layout {
             "offsetof policy_entry.bytes",
             offset_of!(PolicyEntry, bytes),
         );
+        put("sizeof frag_key", size_of::<FragKey>());
+        put("offsetof frag_key.saddr", offset_of!(FragKey, saddr));
+        put("offsetof frag_key.daddr", offset_of!(FragKey, daddr));
+        put("offsetof frag_key.id", offset_of!(FragKey, id));
+        put("offsetof frag_key.protocol", offset_of!(FragKey, protocol));
+        put("sizeof frag_ports", size_of::<FragPorts>());
+        put("offsetof frag_ports.sport", offset_of!(FragPorts, sport));
+        put("offsetof frag_ports.dport", offset_of!(FragPorts, dport));
+        put(
+            "offsetof frag_ports.policy_port",
+            offset_of!(FragPorts, policy_port),
+        );
         put("sizeof ct_key", size_of::<CtKey>());
         put("offsetof ct_key.saddr", offset_of!(CtKey, saddr));
         put("offsetof ct_key.daddr", offset_of!(CtKey, daddr));
@@ -465,7 +500,7 @@ mod layout {
             offset_of!(PrefilterValue, bytes),
         );
 
-        let consts: [(&str, u64); 33] = [
+        let consts: [(&str, u64); 35] = [
             ("PIN_VERSION", PIN_VERSION.into()),
             ("IDENTITY_WORLD", IDENTITY_WORLD.into()),
             ("FAMILY_IPV4", FAMILY_IPV4.into()),
@@ -500,6 +535,8 @@ mod layout {
             ("DROP_INVALID", DROP_INVALID.into()),
             ("DROP_CT_INVALID_HDR", DROP_CT_INVALID_HDR.into()),
             ("DROP_FRAG_NOSUPPORT", DROP_FRAG_NOSUPPORT.into()),
+            ("DROP_FRAG_NOT_FOUND", DROP_FRAG_NOT_FOUND.into()),
+            ("FRAG_MAP_SIZE", FRAG_MAP_SIZE.into()),
             ("DROP_POLICY_DENY", DROP_POLICY_DENY.into()),
             ("DROP_UNKNOWN_ENDPOINT", DROP_UNKNOWN_ENDPOINT.into()),
         ];

@@ -208,7 +208,7 @@ const fn shape(map_type: MapType, key: usize, value: usize) -> Shape {
 }
 
 /// The maps the objects pin by name.
-const PINNED_MAPS: [(&str, Shape); 10] = [
+const PINNED_MAPS: [(&str, Shape); 11] = [
     (
         "cilium_ipcache",
         shape(
@@ -235,6 +235,14 @@ const PINNED_MAPS: [(&str, Shape); 10] = [
             MapType::LruHash,
             size_of::<abi::CtKey>(),
             size_of::<abi::CtEntry>(),
+        ),
+    ),
+    (
+        "cilium_ipv4_frag_datagrams",
+        shape(
+            MapType::LruHash,
+            size_of::<abi::FragKey>(),
+            size_of::<abi::FragPorts>(),
         ),
     ),
     (

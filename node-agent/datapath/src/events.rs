@@ -73,6 +73,7 @@ pub fn reason_name(reason: u16) -> &'static str {
         abi::DROP_INVALID => "Invalid packet",
         abi::DROP_CT_INVALID_HDR => "CT: Invalid header",
         abi::DROP_FRAG_NOSUPPORT => "Fragmentation not supported",
+        abi::DROP_FRAG_NOT_FOUND => "Fragment of an untracked datagram",
         abi::DROP_POLICY_DENY => "Policy denied by denylist",
         abi::DROP_UNKNOWN_ENDPOINT => "Unknown endpoint",
         _ => "Unknown reason",
