@@ -344,10 +344,11 @@ fn identity_policy_is_enforced_on_real_traffic() {
             .iter()
             .all(|(_, info)| info.lxc_id != 1)
     );
-    assert!(
-        reaches(&bed.employee, &bed.stranger, 8080),
-        "no program, no policy"
-    );
+    // Once seen once under a parallel load: the first connection right after the detach
+    // timed out; a later one gets through.
+    e2e::wait_for("no program, no policy", Duration::from_secs(10), || {
+        reaches(&bed.employee, &bed.stranger, 8080).then_some(())
+    });
 }
 
 #[test]
