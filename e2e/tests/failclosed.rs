@@ -318,6 +318,38 @@ fn enforcement_fails_closed() {
         "still open after the restart"
     );
 
+    // 5c. An endpoint whose CiliumIdentity is gone (deleted while the operator is stopped)
+    // still gets every policy change, computed from its own labels.
+    let guarded_identity = agent_json(n1, "/v1/endpoint")
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .find(|e| e["container-id"] == guarded.container_id.as_str())
+        .and_then(|e| e["identity"].as_u64())
+        .expect("the guarded pod's identity");
+    signal(operator, "-STOP");
+    cluster
+        .bed
+        .kubectl_run(
+            &["delete", "ciliumidentity", &guarded_identity.to_string()],
+            None,
+        )
+        .expect("delete the CiliumIdentity");
+    apply(&cluster, &GUARDED.replace("\"8080\"", "\"9090\""));
+    until_condition(&cluster, "guarded", "True", "succeeded");
+    until_reachability(
+        "the edit to reach the endpoint without a CiliumIdentity",
+        SETTLE,
+        &[(&employee, &guarded, WEB, false)],
+    );
+    apply(&cluster, GUARDED);
+    until_reachability(
+        "the employee back on 8080",
+        SETTLE,
+        &[(&employee, &guarded, WEB, true)],
+    );
+    signal(operator, "-CONT");
+
     // 6. A deleted pod's connections go with it: nothing for a pod reusing its address.
     let held = e2e::traffic::connect(&employee.ns, guarded.ip, WEB).expect("a connection");
     assert!(
@@ -336,4 +368,65 @@ fn enforcement_fails_closed() {
         "scrubbed"
     );
     drop(held);
+}
+
+/// The agent refuses to create an endpoint before its caches synced (the pod's identity and
+/// the policies are unknown then), with the error CNI turns into "try again later"; on a real
+/// datapath, nothing is wired meanwhile.
+#[test]
+fn endpoints_wait_for_synced_caches() {
+    use cilium_agent::agent::{Agent, AgentSettings, LocalNode};
+    use cilium_agent::endpoints::StateDir;
+    use cilium_agent_api::{EndpointChangeRequest, EndpointRef};
+
+    let pins = e2e::netns::ScratchBpffs::new("unsynced");
+    let datapath = cilium_datapath::Datapath::open(&cilium_datapath::DatapathConfig {
+        bpffs_root: pins.path().to_owned(),
+        ..Default::default()
+    })
+    .expect("the datapath loads");
+    let state = tempfile::tempdir().expect("state dir");
+    let node = LocalNode {
+        name: "node-1".into(),
+        cluster_name: "default".into(),
+        cluster_id: 0,
+        ip: "192.168.60.11".parse().expect("ip"),
+        cidrs: vec!["10.99.0.0/24".parse().expect("cidr")],
+        router_ip: "10.99.0.1".parse().expect("ip"),
+        health_ip: "10.99.0.2".parse().expect("ip"),
+    };
+    let agent = Agent::new(
+        node,
+        datapath,
+        StateDir::open(state.path()).expect("state"),
+        Default::default(),
+        AgentSettings::default(),
+    )
+    .expect("an agent");
+    let request = EndpointChangeRequest {
+        container_id: "c1".into(),
+        k8s_namespace: "default".into(),
+        k8s_pod_name: "p1".into(),
+        interface_name: "lxc-unsynced".into(),
+        pod_interface_name: "eth0".into(),
+        netns: "/var/run/netns/none".into(),
+        ipv4: "10.99.0.5".parse().expect("ip"),
+        mac: "0a:00:00:00:00:01".into(),
+        host_mac: "0a:00:00:00:00:02".into(),
+        sync_build: true,
+    };
+    let refused = agent
+        .put_endpoint(&EndpointRef::ContainerId("c1".into()), request)
+        .expect_err("refused before the caches synced");
+    assert_eq!(refused.status(), 503, "{refused}");
+    assert!(
+        refused.to_string().contains("caches have not synced"),
+        "{refused}"
+    );
+    assert!(agent.endpoints().is_empty());
+    assert_eq!(
+        agent.ipam_status().used,
+        2,
+        "only the router and health addresses"
+    );
 }
