@@ -227,6 +227,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ct_gc_interval: args.ct_gc_interval,
         policy,
         mesh,
+        network_policies_logged: Default::default(),
     };
     let health = cilium_agent::api::serve_health(args.health_port, agent.clone()).await?;
     let cluster_health = match args.cluster_health_port {

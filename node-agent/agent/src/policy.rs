@@ -11,10 +11,11 @@ use cilium_identity::LabelSet;
 use cilium_policy::cache::reserved_identities_on;
 use cilium_policy::render::rule_json;
 use cilium_policy::{
-    CidrIdentities, EndpointPolicy, EnforcementMode, Inputs, LocalCluster, PolicyRef, PortNames,
-    Rule, SelectorCache, endpoint_policy, parse_ccnp, parse_cnp,
+    CidrIdentities, EndpointPolicy, EnforcementMode, Inputs, LocalCluster, PolicyKind, PolicyRef,
+    PortNames, Rule, SelectorCache, endpoint_policy, parse_ccnp, parse_cnp, parse_network_policy,
 };
 use ipnet::IpNet;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::records::{RecordDir, StateError};
@@ -136,16 +137,24 @@ impl LastGoodVersions {
 /// agent still enforces it while the object in the cluster is invalid.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "object")]
+// The variants are the Kubernetes kinds, written as the `kind` tag.
+#[allow(clippy::enum_variant_names)]
 enum SavedPolicy {
     CiliumNetworkPolicy(Box<CiliumNetworkPolicy>),
     CiliumClusterwideNetworkPolicy(Box<CiliumClusterwideNetworkPolicy>),
+    NetworkPolicy(Box<NetworkPolicy>),
 }
 
 /// The file a policy's last valid version is kept in (Kubernetes names have no `_`).
 fn history_name(reference: &PolicyRef) -> String {
+    let kind = match reference.kind {
+        PolicyKind::CiliumNetworkPolicy => "cnp",
+        PolicyKind::CiliumClusterwideNetworkPolicy => "ccnp",
+        PolicyKind::NetworkPolicy => "knp",
+    };
     match &reference.namespace {
-        Some(namespace) => format!("cnp_{namespace}_{}", reference.name),
-        None => format!("ccnp_{}", reference.name),
+        Some(namespace) => format!("{kind}_{namespace}_{}", reference.name),
+        None => format!("{kind}_{}", reference.name),
     }
 }
 
@@ -187,18 +196,17 @@ impl PolicyState {
         for (name, saved) in loaded.records {
             let (reference, meta, parsed) = match &saved {
                 SavedPolicy::CiliumNetworkPolicy(cnp) => (
-                    PolicyRef {
-                        namespace: cnp.metadata.namespace.clone(),
-                        name: cnp.metadata.name.clone().unwrap_or_default(),
-                    },
+                    PolicyRef::of_cnp(cnp),
                     &cnp.metadata,
                     checked(cnp.as_ref()).and_then(|()| parse_cnp(cnp, &self.cluster)),
                 ),
+                SavedPolicy::NetworkPolicy(np) => (
+                    PolicyRef::of_network_policy(np),
+                    &np.metadata,
+                    parse_network_policy(np, &self.cluster),
+                ),
                 SavedPolicy::CiliumClusterwideNetworkPolicy(ccnp) => (
-                    PolicyRef {
-                        namespace: None,
-                        name: ccnp.metadata.name.clone().unwrap_or_default(),
-                    },
+                    PolicyRef::of_ccnp(ccnp),
                     &ccnp.metadata,
                     checked(ccnp.as_ref()).and_then(|()| parse_ccnp(ccnp, &self.cluster)),
                 ),
@@ -236,6 +244,7 @@ impl PolicyState {
         &mut self,
         cnps: &[Arc<CiliumNetworkPolicy>],
         ccnps: &[Arc<CiliumClusterwideNetworkPolicy>],
+        nps: &[Arc<NetworkPolicy>],
     ) -> BTreeMap<PolicyRef, Validity> {
         let cluster = &self.cluster;
         let mut rules = Vec::new();
@@ -255,24 +264,27 @@ impl PolicyState {
             validities.insert(reference, validity);
         };
         for cnp in cnps {
-            let reference = PolicyRef {
-                namespace: cnp.metadata.namespace.clone(),
-                name: cnp.metadata.name.clone().unwrap_or_default(),
-            };
+            let reference = PolicyRef::of_cnp(cnp);
             let parsed = checked(cnp.as_ref()).and_then(|()| parse_cnp(cnp, cluster));
             admit(reference, &cnp.metadata, parsed, &|| {
                 SavedPolicy::CiliumNetworkPolicy(Box::new(cnp.as_ref().clone()))
             });
         }
         for ccnp in ccnps {
-            let reference = PolicyRef {
-                namespace: None,
-                name: ccnp.metadata.name.clone().unwrap_or_default(),
-            };
+            let reference = PolicyRef::of_ccnp(ccnp);
             let parsed = checked(ccnp.as_ref()).and_then(|()| parse_ccnp(ccnp, cluster));
             admit(reference, &ccnp.metadata, parsed, &|| {
                 SavedPolicy::CiliumClusterwideNetworkPolicy(Box::new(ccnp.as_ref().clone()))
             });
+        }
+        for np in nps {
+            let parsed = parse_network_policy(np, cluster);
+            admit(
+                PolicyRef::of_network_policy(np),
+                &np.metadata,
+                parsed,
+                &|| SavedPolicy::NetworkPolicy(Box::new(np.as_ref().clone())),
+            );
         }
         // Deleted policies leave no history behind.
         let deleted: Vec<PolicyRef> = self
@@ -408,20 +420,17 @@ spec:
     }
 
     fn reference() -> PolicyRef {
-        PolicyRef {
-            namespace: Some("default".into()),
-            name: "db".into(),
-        }
+        PolicyRef::cnp("default", "db")
     }
 
     #[test]
     fn an_invalid_edit_keeps_the_last_valid_version() {
         let mut state = PolicyState::new(EnforcementMode::Default, LocalCluster::new("c1"));
-        let valid = state.load(&[cnp("u1", 1, "6379")], &[]);
+        let valid = state.load(&[cnp("u1", 1, "6379")], &[], &[]);
         assert!(valid[&reference()].valid);
         let (_, enforced) = state.rules_json();
         // A port out of range: the edit is invalid.
-        let invalid = state.load(&[cnp("u1", 2, "99999")], &[]);
+        let invalid = state.load(&[cnp("u1", 2, "99999")], &[], &[]);
         let validity = &invalid[&reference()];
         assert!(!validity.valid);
         assert!(
@@ -435,15 +444,15 @@ spec:
         assert_eq!(state.rules_json().1, enforced, "generation 1's rules stay");
 
         // Another object of the same name (deleted and created again) has no history.
-        let recreated = state.load(&[cnp("u2", 1, "99999")], &[]);
+        let recreated = state.load(&[cnp("u2", 1, "99999")], &[], &[]);
         assert!(!recreated[&reference()].message.contains("stays enforced"));
         assert_eq!(state.rule_count(), 0);
 
         // A fixed edit replaces the kept version; a deletion forgets it.
-        state.load(&[cnp("u2", 2, "6380")], &[]);
+        state.load(&[cnp("u2", 2, "6380")], &[], &[]);
         assert_eq!(state.rule_count(), 1);
-        state.load(&[], &[]);
-        state.load(&[cnp("u2", 3, "99999")], &[]);
+        state.load(&[], &[], &[]);
+        state.load(&[cnp("u2", 3, "99999")], &[], &[]);
         assert_eq!(state.rule_count(), 0, "no history after the deletion");
     }
 
@@ -457,13 +466,13 @@ spec:
     fn the_last_valid_version_survives_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut before = with_history(dir.path());
-        before.load(&[cnp("u1", 1, "6379")], &[]);
+        before.load(&[cnp("u1", 1, "6379")], &[], &[]);
         let enforced = before.rules_json().1;
         drop(before);
 
         // Restarted while the object in the cluster is invalid: generation 1 stays.
         let mut after = with_history(dir.path());
-        let invalid = after.load(&[cnp("u1", 2, "99999")], &[]);
+        let invalid = after.load(&[cnp("u1", 2, "99999")], &[], &[]);
         assert!(
             invalid[&reference()]
                 .message
@@ -472,9 +481,9 @@ spec:
         assert_eq!(after.rules_json().1, enforced);
 
         // A deleted policy's kept version goes with it.
-        after.load(&[], &[]);
+        after.load(&[], &[], &[]);
         let mut again = with_history(dir.path());
-        again.load(&[cnp("u1", 2, "99999")], &[]);
+        again.load(&[cnp("u1", 2, "99999")], &[], &[]);
         assert_eq!(again.rule_count(), 0);
         assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
     }

@@ -17,6 +17,7 @@ use cilium_netdev::Netlink;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -29,7 +30,7 @@ use crate::endpoints::EndpointRecord;
 use crate::policy::{PolicyState, Validity};
 use crate::{cep, controllers, ipcache, routes, services};
 use cilium_crds::endpoint::NamedPort;
-use cilium_policy::{PolicyRef, PortNames};
+use cilium_policy::{PolicyKind, PolicyRef, PortNames};
 
 const RESYNC_PERIOD: Duration = Duration::from_secs(10);
 /// CiliumEndpoint writes in flight at once.
@@ -47,6 +48,7 @@ pub struct Caches {
     pub endpoints: Store<CiliumEndpoint>,
     pub cnps: Store<CiliumNetworkPolicy>,
     pub ccnps: Store<CiliumClusterwideNetworkPolicy>,
+    pub network_policies: Store<NetworkPolicy>,
     pub services: Store<Service>,
     pub endpoint_slices: Store<EndpointSlice>,
 }
@@ -64,6 +66,7 @@ impl Caches {
             endpoints: reflect(Api::all(client.clone()), all(), wake()),
             cnps: reflect(Api::all(client.clone()), all(), wake()),
             ccnps: reflect(Api::all(client.clone()), all(), wake()),
+            network_policies: reflect(Api::all(client.clone()), all(), wake()),
             // Services change nothing the reconciler writes: only the API reads them.
             services: reflect(Api::all(client.clone()), all(), vec![]),
             endpoint_slices: cilium_crds::cache::reflect_endpoint_slices(client, vec![]),
@@ -77,6 +80,7 @@ impl Caches {
         self.nodes.wait_until_ready().await?;
         self.cnps.wait_until_ready().await?;
         self.ccnps.wait_until_ready().await?;
+        self.network_policies.wait_until_ready().await?;
         self.services.wait_until_ready().await?;
         self.endpoint_slices.wait_until_ready().await?;
         self.endpoints.wait_until_ready().await
@@ -135,6 +139,8 @@ pub struct Reconciler {
     pub policy: Arc<std::sync::Mutex<PolicyState>>,
     /// The remote clusters, with `--clustermesh-config`.
     pub mesh: Option<Arc<ClusterMesh>>,
+    /// The validity last logged for each NetworkPolicy.
+    pub network_policies_logged: std::sync::Mutex<BTreeMap<PolicyRef, Validity>>,
 }
 
 impl Reconciler {
@@ -273,7 +279,11 @@ impl Reconciler {
         apiserver_on_host: bool,
     ) -> (BTreeMap<PolicyRef, Validity>, Vec<(ipnet::IpNet, u32)>) {
         let mut state = self.policy.lock().unwrap_or_else(|p| p.into_inner());
-        let validities = state.load(&self.caches.cnps.state(), &self.caches.ccnps.state());
+        let validities = state.load(
+            &self.caches.cnps.state(),
+            &self.caches.ccnps.state(),
+            &self.caches.network_policies.state(),
+        );
         state.update_identities(identities, apiserver_on_host);
         // Egress rules' port names: every endpoint's in the cluster (this node's pods too,
         // whose CiliumEndpoints may not be written yet).
@@ -324,13 +334,40 @@ impl Reconciler {
         (validities, state.cidr_entries())
     }
 
+    /// A NetworkPolicy has no status to write: its verdict is logged when it changes.
+    fn log_network_policy_validity(&self, validities: &BTreeMap<PolicyRef, Validity>) {
+        let mut logged = self
+            .network_policies_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        logged.retain(|reference, _| validities.contains_key(reference));
+        let network_policies = validities
+            .iter()
+            .filter(|(reference, _)| reference.kind == PolicyKind::NetworkPolicy);
+        for (reference, validity) in network_policies {
+            if logged.get(reference) == Some(validity) {
+                continue;
+            }
+            if validity.valid {
+                tracing::info!(policy = %reference, message = %validity.message, "policy status");
+            } else {
+                tracing::warn!(policy = %reference, message = %validity.message, "policy status");
+            }
+            logged.insert(reference.clone(), validity.clone());
+        }
+    }
+
     /// Writes each policy's `Valid` condition where it says something else.
     async fn report_validity(
         &self,
         validities: &BTreeMap<PolicyRef, Validity>,
     ) -> Result<(), kube::Error> {
         let now = jiff::Timestamp::now().to_string();
+        self.log_network_policy_validity(validities);
         for (reference, validity) in validities {
+            if reference.kind == PolicyKind::NetworkPolicy {
+                continue;
+            }
             let name = ObjectRef::new(&reference.name);
             let conditions = match &reference.namespace {
                 Some(namespace) => self

@@ -288,7 +288,11 @@ mod tests {
         ) -> Self {
             let mut rules = Vec::new();
             for yaml in policies {
-                let parsed = if yaml.contains("CiliumClusterwideNetworkPolicy") {
+                let parsed = if yaml.contains("kind: NetworkPolicy") {
+                    let np: k8s_openapi::api::networking::v1::NetworkPolicy =
+                        serde_yaml::from_str(yaml).expect("networkpolicy");
+                    crate::netpol::parse_network_policy(&np, cluster)
+                } else if yaml.contains("CiliumClusterwideNetworkPolicy") {
                     let ccnp: CiliumClusterwideNetworkPolicy =
                         serde_yaml::from_str(yaml).expect("ccnp");
                     parse_ccnp(&ccnp, cluster)
@@ -836,6 +840,115 @@ spec:
         let remote_nodes = policy.replace("[kube-apiserver]", "[remote-node]");
         let mut world = World::new(&[&remote_nodes]);
         assert!(world.allows(EMPLOYEE, Direction::Egress, 7, PROTO_TCP, 6443));
+    }
+
+    fn netpol(spec: &str) -> String {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np, namespace: default}}\nspec:\n{spec}"
+        )
+    }
+
+    /// Kubernetes' documented NetworkPolicy semantics, as Cilium translates them.
+    #[test]
+    fn network_policies_as_kubernetes_defines_them() {
+        // Deny all ingress: a listed type without rules.
+        let mut world = World::new(&[&netpol("  podSelector: {}\n  policyTypes: [Ingress]\n")]);
+        let db = world.policy(DB);
+        assert!(db.ingress_enforced && !db.egress_enforced);
+        assert!(!world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 6379));
+        assert!(
+            world.allows(DB, Direction::Ingress, HOST, PROTO_TCP, 6379),
+            "the node"
+        );
+        assert!(
+            !world.policy(ISTIO_EMPLOYEE).ingress_enforced,
+            "other namespaces"
+        );
+
+        // A pod selector admits pods of the policy's namespace only, on the ports given.
+        let from_employees = netpol(
+            "  podSelector: {matchLabels: {app: protected-db}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: employee}}}]\n    ports: [{port: 6379}]\n",
+        );
+        let mut world = World::new(&[&from_employees]);
+        assert!(world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 6379));
+        assert!(
+            !world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_UDP, 6379),
+            "TCP by default"
+        );
+        assert!(!world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 6380));
+        assert!(!world.allows(DB, Direction::Ingress, STRANGER, PROTO_TCP, 6379));
+        assert!(!world.allows(DB, Direction::Ingress, ISTIO_EMPLOYEE, PROTO_TCP, 6379));
+        assert!(
+            !world.policy(DB).egress_enforced,
+            "no egress rules: Ingress only"
+        );
+
+        // With a namespace selector, pods of every matching namespace; `{}` is all of them,
+        // yet no reserved identity (world stays out).
+        let any_namespace = from_employees.replace(
+            "{podSelector: {matchLabels: {app: employee}}}",
+            "{podSelector: {matchLabels: {app: employee}}, namespaceSelector: {}}",
+        );
+        let mut world = World::new(&[&any_namespace]);
+        assert!(world.allows(DB, Direction::Ingress, ISTIO_EMPLOYEE, PROTO_TCP, 6379));
+        assert!(!world.allows(DB, Direction::Ingress, STRANGER, PROTO_TCP, 6379));
+        assert!(!world.allows(DB, Direction::Ingress, 2, PROTO_TCP, 6379));
+
+        // `ingress: [{}]` admits everyone, world included, on every port.
+        let open = netpol("  podSelector: {}\n  ingress: [{}]\n");
+        let mut world = World::new(&[&open]);
+        assert!(world.allows(DB, Direction::Ingress, 2, PROTO_UDP, 53));
+
+        // Egress with an ipBlock and except; port ranges with endPort; Egress is then a
+        // policy type by default, Ingress too (with no rules: denied).
+        let egress = netpol(
+            "  podSelector: {matchLabels: {app: employee}}\n  egress:\n  - to: [{ipBlock: {cidr: 198.51.100.0/24, except: [198.51.100.128/25]}}]\n    ports: [{port: 8000, endPort: 8099, protocol: UDP}]\n",
+        );
+        let mut world = World::new(&[&egress]);
+        let inside = world.cidr_identity("198.51.100.0/24");
+        let excepted = world.cidr_identity("198.51.100.128/25");
+        let employee = world.policy(EMPLOYEE);
+        assert!(employee.ingress_enforced && employee.egress_enforced);
+        assert!(world.allows(EMPLOYEE, Direction::Egress, inside, PROTO_UDP, 8042));
+        assert!(!world.allows(EMPLOYEE, Direction::Egress, inside, PROTO_UDP, 8100));
+        assert!(!world.allows(EMPLOYEE, Direction::Egress, excepted, PROTO_UDP, 8042));
+        assert!(
+            !world.allows(EMPLOYEE, Direction::Egress, DB, PROTO_UDP, 8042),
+            "pods are not the block"
+        );
+        assert!(!world.allows(EMPLOYEE, Direction::Ingress, DB, PROTO_TCP, 1));
+    }
+
+    #[test]
+    fn network_policies_join_cilium_policies_and_deny_still_wins() {
+        let allow = netpol(
+            "  podSelector: {matchLabels: {app: protected-db}}\n  ingress:\n  - from: [{podSelector: {}}]\n",
+        );
+        let deny = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: d, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: protected-db}}
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: stranger}}]
+"#;
+        let mut world = World::new(&[&allow, deny]);
+        assert!(world.allows(DB, Direction::Ingress, EMPLOYEE, PROTO_TCP, 80));
+        assert!(!world.allows(DB, Direction::Ingress, STRANGER, PROTO_TCP, 80));
+        // A bad selector operator refuses the policy with the field.
+        let bad = allow.replace(
+            "{podSelector: {}}",
+            "{podSelector: {matchExpressions: [{key: app, operator: Near}]}}",
+        );
+        let np: k8s_openapi::api::networking::v1::NetworkPolicy =
+            serde_yaml::from_str(&bad).expect("np");
+        let problems = crate::netpol::parse_network_policy(&np, &LocalCluster::new("c1"))
+            .expect_err("refused");
+        assert!(
+            problems[0].contains("spec.ingress[0].from[0].podSelector"),
+            "{problems:?}"
+        );
     }
 
     #[test]

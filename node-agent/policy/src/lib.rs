@@ -8,11 +8,13 @@
 //!   identity by identity, and the local CIDR identities.
 //! - [`compute`] gives one endpoint's policy map from the rules that select it.
 //! - [`named`] resolves named ports per endpoint.
+//! - [`netpol`] turns Kubernetes NetworkPolicies into rules, as Cilium does.
 //! - [`render`] shows rules and selectors in Cilium's format, for the CLI.
 
 pub mod cache;
 pub mod compute;
 pub mod named;
+pub mod netpol;
 pub mod render;
 pub mod rules;
 pub mod selector;
@@ -20,5 +22,6 @@ pub mod selector;
 pub use cache::{CidrIdentities, SelectorCache};
 pub use compute::{EndpointPolicy, EnforcementMode, Inputs, endpoint_policy};
 pub use named::PortNames;
-pub use rules::{LocalCluster, Peer, PeerRule, PolicyRef, Rule, parse_ccnp, parse_cnp};
+pub use netpol::parse_network_policy;
+pub use rules::{LocalCluster, Peer, PeerRule, PolicyKind, PolicyRef, Rule, parse_ccnp, parse_cnp};
 pub use selector::Selector;

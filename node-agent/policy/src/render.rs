@@ -216,11 +216,7 @@ pub fn rule_json(rule: &Rule) -> Value {
     let label = |key: &str, value: &str| json!({"key": key, "value": value, "source": "k8s"});
     let mut labels = vec![label(
         "io.cilium.k8s.policy.derived-from",
-        if rule.source.namespace.is_some() {
-            "CiliumNetworkPolicy"
-        } else {
-            "CiliumClusterwideNetworkPolicy"
-        },
+        &rule.source.kind.to_string(),
     )];
     labels.push(label("io.cilium.k8s.policy.name", &rule.source.name));
     if let Some(namespace) = &rule.source.namespace {

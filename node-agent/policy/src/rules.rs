@@ -14,6 +14,8 @@ use cilium_crds::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy};
 use cilium_datapath::L4Match;
 use cilium_datapath::policy::{PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use ipnet::IpNet;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::named::NamedL4;
 use crate::selector::Selector;
@@ -23,19 +25,82 @@ pub const NAMESPACE_KEY: &str = "io.kubernetes.pod.namespace";
 /// The cluster label every pod identity carries.
 pub const CLUSTER_KEY: &str = "io.cilium.k8s.policy.cluster";
 
+/// The kinds of policy object rules come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyKind {
+    CiliumNetworkPolicy,
+    CiliumClusterwideNetworkPolicy,
+    /// `networking.k8s.io/v1`.
+    NetworkPolicy,
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
 /// Which policy a rule came from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyRef {
+    pub kind: PolicyKind,
     /// None for a CiliumClusterwideNetworkPolicy.
     pub namespace: Option<String>,
     pub name: String,
 }
 
+impl PolicyRef {
+    pub fn cnp(namespace: &str, name: &str) -> Self {
+        Self {
+            kind: PolicyKind::CiliumNetworkPolicy,
+            namespace: Some(namespace.to_owned()),
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn ccnp(name: &str) -> Self {
+        Self {
+            kind: PolicyKind::CiliumClusterwideNetworkPolicy,
+            namespace: None,
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn network_policy(namespace: &str, name: &str) -> Self {
+        Self {
+            kind: PolicyKind::NetworkPolicy,
+            namespace: Some(namespace.to_owned()),
+            name: name.to_owned(),
+        }
+    }
+
+    fn namespace_and_name(meta: &ObjectMeta) -> (&str, &str) {
+        (
+            meta.namespace.as_deref().unwrap_or("default"),
+            meta.name.as_deref().unwrap_or_default(),
+        )
+    }
+
+    pub fn of_cnp(cnp: &CiliumNetworkPolicy) -> Self {
+        let (namespace, name) = Self::namespace_and_name(&cnp.metadata);
+        Self::cnp(namespace, name)
+    }
+
+    pub fn of_ccnp(ccnp: &CiliumClusterwideNetworkPolicy) -> Self {
+        Self::ccnp(ccnp.metadata.name.as_deref().unwrap_or_default())
+    }
+
+    pub fn of_network_policy(np: &NetworkPolicy) -> Self {
+        let (namespace, name) = Self::namespace_and_name(&np.metadata);
+        Self::network_policy(namespace, name)
+    }
+}
+
 impl fmt::Display for PolicyRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.namespace {
-            Some(ns) => write!(f, "CiliumNetworkPolicy {ns}/{}", self.name),
-            None => write!(f, "CiliumClusterwideNetworkPolicy {}", self.name),
+            Some(ns) => write!(f, "{} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
         }
     }
 }
@@ -524,25 +589,20 @@ pub fn parse_cnp(
     cnp: &CiliumNetworkPolicy,
     cluster: &LocalCluster,
 ) -> Result<Vec<Rule>, Vec<String>> {
-    let source = PolicyRef {
-        namespace: Some(
-            cnp.metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-        ),
-        name: cnp.metadata.name.clone().unwrap_or_default(),
-    };
-    parse(source, paths(&cnp.spec.spec, &cnp.spec.specs), cluster)
+    parse(
+        PolicyRef::of_cnp(cnp),
+        paths(&cnp.spec.spec, &cnp.spec.specs),
+        cluster,
+    )
 }
 
 pub fn parse_ccnp(
     ccnp: &CiliumClusterwideNetworkPolicy,
     cluster: &LocalCluster,
 ) -> Result<Vec<Rule>, Vec<String>> {
-    let source = PolicyRef {
-        namespace: None,
-        name: ccnp.metadata.name.clone().unwrap_or_default(),
-    };
-    parse(source, paths(&ccnp.spec.spec, &ccnp.spec.specs), cluster)
+    parse(
+        PolicyRef::of_ccnp(ccnp),
+        paths(&ccnp.spec.spec, &ccnp.spec.specs),
+        cluster,
+    )
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use cilium_crds::selector::{EndpointSelector, SelectorOperator};
 use cilium_identity::LabelSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// Sources a selector key may be prefixed with.
 const SOURCES: [&str; 6] = ["k8s", "any", "reserved", "cidr", "container", "unspec"];
@@ -61,6 +62,15 @@ impl Selector {
     }
 
     /// The reserved identity `name` (`reserved:host`, ...).
+    /// Identities with label `key` (of `source`, or any), whatever its value.
+    pub fn exists(source: Option<&str>, key: &str) -> Self {
+        Self::new(vec![Requirement {
+            source: source.map(str::to_owned),
+            key: key.to_owned(),
+            op: Op::Exists,
+        }])
+    }
+
     pub fn reserved(name: &str) -> Self {
         Self::new(vec![Requirement {
             source: Some("reserved".into()),
@@ -91,6 +101,39 @@ impl Selector {
             requirements.push(Requirement { source, key, op });
         }
         Self::new(requirements)
+    }
+
+    /// A Kubernetes label selector (NetworkPolicy's), on `k8s` labels whose keys are
+    /// `prefix` + the selector's key (Cilium's `io.cilium.k8s.namespace.labels.` for a
+    /// namespace selector); an unknown operator is refused.
+    pub fn from_k8s(selector: &LabelSelector, prefix: &str) -> Result<Self, String> {
+        let requirement = |key: &str, op| Requirement {
+            source: Some("k8s".into()),
+            key: format!("{prefix}{key}"),
+            op,
+        };
+        let mut requirements: Vec<Requirement> = selector
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(key, value)| requirement(key, Op::In(BTreeSet::from([value.clone()]))))
+            .collect();
+        for expression in selector.match_expressions.iter().flatten() {
+            let values: BTreeSet<String> = expression.values.iter().flatten().cloned().collect();
+            let op = match expression.operator.as_str() {
+                "In" => Op::In(values),
+                "NotIn" => Op::NotIn(values),
+                "Exists" => Op::Exists,
+                "DoesNotExist" => Op::DoesNotExist,
+                other => {
+                    return Err(format!(
+                        "operator {other:?} is not In, NotIn, Exists or DoesNotExist"
+                    ));
+                }
+            };
+            requirements.push(requirement(&expression.key, op));
+        }
+        Ok(Self::new(requirements))
     }
 
     /// The requirements, sorted.
