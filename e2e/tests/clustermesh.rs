@@ -205,7 +205,7 @@ fn two_clusters_share_endpoints_identities_policy_and_services() {
     c2.kvstore()
         .etcdctl(&[
             "put",
-            "cilium/state/ip/v1/cluster2/10.211.3.3",
+            "cilium/state/ip/v1/default/10.211.3.3",
             &forged.to_string(),
         ])
         .expect("etcdctl put");

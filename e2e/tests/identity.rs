@@ -158,7 +158,7 @@ fn pods_get_identities_mirrored_in_cilium_s_kvstore_layout_and_gc_and_outages_co
     let keys = wait_for("the kvstore layout", TIMEOUT, || {
         let keys = kvstore(&etcd);
         // Each kind is written in its own transaction: wait for all of them.
-        let ready = keys.contains_key("cilium/state/ip/v1/c1/10.210.0.5")
+        let ready = keys.contains_key("cilium/state/ip/v1/default/10.210.0.5")
             && keys.contains_key(&format!("cilium/state/identities/v1/id/{web}"))
             && keys
                 .get("cilium/state/nodes/v1/c1/n1")
@@ -194,9 +194,9 @@ fn pods_get_identities_mirrored_in_cilium_s_kvstore_layout_and_gc_and_outages_co
     assert_eq!(node["IPv4HealthIP"], "10.210.0.2");
     assert_eq!(field_order.len(), 10, "{field_order:?}");
     assert_eq!(
-        keys["cilium/state/ip/v1/c1/10.210.0.5"],
+        keys["cilium/state/ip/v1/default/10.210.0.5"],
         format!(
-            r#"{{"IP":"10.210.0.5","Mask":null,"HostIP":"192.168.50.10","ID":{web},"Key":0,"Metadata":"cilium-global:c1:n1:7","K8sNamespace":"shop","K8sPodName":"web-1"}}"#
+            r#"{{"IP":"10.210.0.5","Mask":null,"HostIP":"192.168.50.10","ID":{web},"Key":0,"Metadata":"cilium-global:default:n1:7","K8sNamespace":"shop","K8sPodName":"web-1"}}"#
         )
     );
     assert_eq!(
@@ -274,7 +274,7 @@ fn pods_get_identities_mirrored_in_cilium_s_kvstore_layout_and_gc_and_outages_co
         || {
             let keys = kvstore(&etcd);
             (keys.contains_key(&format!("cilium/state/identities/v1/id/{api}"))
-                && !keys.contains_key("cilium/state/ip/v1/c1/10.210.0.5")
+                && !keys.contains_key("cilium/state/ip/v1/default/10.210.0.5")
                 && !keys.contains_key(&format!(
                     "cilium/state/identities/v1/value/{web_labels}/192.168.50.10"
                 )))

@@ -1,4 +1,4 @@
-//! `cilium/state/ip/v1/<cluster>/<ip>`: Cilium's `identity.IPIdentityPair`.
+//! `cilium/state/ip/v1/default/<ip>`: Cilium's `identity.IPIdentityPair`.
 
 use std::net::IpAddr;
 
@@ -45,8 +45,12 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<St
 }
 
 impl IpIdentityPair {
-    pub fn metadata_for(cluster: &str, node: &str, endpoint_id: i64) -> String {
-        format!("cilium-global:{cluster}:{node}:{endpoint_id}")
+    /// Cilium's `FormatGlobalEndpointID`: the address space (not the cluster), node, id.
+    pub fn metadata_for(node: &str, endpoint_id: i64) -> String {
+        format!(
+            "cilium-global:{}:{node}:{endpoint_id}",
+            crate::keys::IP_ADDRESS_SPACE
+        )
     }
 
     pub fn encode(&self) -> String {
@@ -92,7 +96,7 @@ mod tests {
             host_ip: "10.5.1.132".into(),
             id: 12928,
             key: 0,
-            metadata: IpIdentityPair::metadata_for("default", "k8s-node1", 432),
+            metadata: IpIdentityPair::metadata_for("k8s-node1", 432),
             k8s_namespace: "istio-system".into(),
             k8s_pod_name: "ai-ingressgateway-6bdbdbf7dc-jz85c".into(),
         };

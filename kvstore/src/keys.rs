@@ -30,8 +30,13 @@ pub fn service_key(cluster: &str, namespace: &str, name: &str) -> String {
     format!("{SERVICES_PREFIX}/{cluster}/{namespace}/{name}")
 }
 
-pub fn ip_key(cluster: &str, ip: &str) -> String {
-    format!("{IP_PREFIX}/{cluster}/{ip}")
+/// Cilium's address space of the `ip/v1` keys (`pkg/ipcache/kvstore.go`): always `default`,
+/// whatever the cluster is called; each cluster writes its own kvstore.
+pub const IP_ADDRESS_SPACE: &str = "default";
+
+/// `cilium/state/ip/v1/default/<ip>`.
+pub fn ip_key(ip: &str) -> String {
+    format!("{IP_PREFIX}/{IP_ADDRESS_SPACE}/{ip}")
 }
 
 /// `cilium/synced/<cluster>/<prefix>`: written once `prefix` is fully written.
@@ -93,10 +98,7 @@ mod tests {
             node_key("default", "k8s-node1"),
             "cilium/state/nodes/v1/default/k8s-node1"
         );
-        assert_eq!(
-            ip_key("default", "10.6.6.43"),
-            "cilium/state/ip/v1/default/10.6.6.43"
-        );
+        assert_eq!(ip_key("10.6.6.43"), "cilium/state/ip/v1/default/10.6.6.43");
         assert_eq!(
             synced_key("c1", NODES_PREFIX),
             "cilium/synced/c1/cilium/state/nodes/v1"

@@ -176,17 +176,23 @@ impl Mirror {
             self.metrics.kvstore_invalid_value();
             tracing::warn!(error = %e, "kvstore holds a value that does not parse");
         };
-        // The per-cluster prefixes, each with the decoder of its values.
+        // The prefixes this cluster owns, each with the decoder of its values (`ip/v1` is
+        // under Cilium's one address space, `default`).
         type Check = fn(&str, &[u8]) -> Result<(), DecodeError>;
-        let per_cluster: [(&str, Check); 3] = [
-            (NODES_PREFIX, |k, v| KvNode::decode(k, v).map(drop)),
-            (IP_PREFIX, |k, v| IpIdentityPair::decode(k, v).map(drop)),
-            (SERVICES_PREFIX, |k, v| {
+        let owned_prefixes: [(String, Check); 3] = [
+            (format!("{NODES_PREFIX}/{cluster}/"), |k, v| {
+                KvNode::decode(k, v).map(drop)
+            }),
+            (
+                format!("{IP_PREFIX}/{}/", keys::IP_ADDRESS_SPACE),
+                |k, v| IpIdentityPair::decode(k, v).map(drop),
+            ),
+            (format!("{SERVICES_PREFIX}/{cluster}/"), |k, v| {
                 ClusterService::decode(k, v).map(drop)
             }),
         ];
-        for (prefix, check) in per_cluster {
-            for (key, value) in store.list(&format!("{prefix}/{cluster}/")).await? {
+        for (prefix, check) in owned_prefixes {
+            for (key, value) in store.list(&prefix).await? {
                 if let Err(e) = check(&key, &value) {
                     report(e);
                 }
@@ -326,13 +332,13 @@ pub fn desired_state(
                     .and_then(|e| e.key)
                     .and_then(|k| u8::try_from(k).ok())
                     .unwrap_or(0),
-                metadata: IpIdentityPair::metadata_for(cluster, &node_name, status.id.unwrap_or(0)),
+                metadata: IpIdentityPair::metadata_for(&node_name, status.id.unwrap_or(0)),
                 k8s_namespace: cep.namespace().unwrap_or_default(),
                 k8s_pod_name: cep.name_any(),
             };
             // Of two endpoints claiming one IP, the first by namespace/name keeps it.
             state
-                .entry(keys::ip_key(cluster, &ip))
+                .entry(keys::ip_key(&ip))
                 .or_insert_with(|| pair.encode());
         }
     }
@@ -511,7 +517,7 @@ mod tests {
         assert_eq!(
             state
                 .keys()
-                .filter(|k| k.starts_with("cilium/state/ip/v1/c3/"))
+                .filter(|k| k.starts_with("cilium/state/ip/v1/default/"))
                 .count(),
             1
         );

@@ -317,7 +317,7 @@ pub(crate) mod tests {
         let mut cluster2 = RemoteCache::new("cluster2", 102);
         let c2 = 102 << 16;
         for (ip, id) in [("10.211.0.5", c2 + 300), ("10.210.0.7", c2 + 301)] {
-            let key = cilium_kvstore::keys::ip_key("cluster2", ip);
+            let key = cilium_kvstore::keys::ip_key(ip);
             cluster2.put(&key, &crate::clustermesh::cache::tests::pair(ip, id));
         }
         let remote_node = cilium_kvstore::KvNode::from_cilium_node(

@@ -73,11 +73,11 @@ fn remote_state() -> Vec<(String, String)> {
                 host_ip: node_ip.clone(),
                 id: base + 256 + (n * ENDPOINTS_PER_NODE + e) % IDENTITIES,
                 key: 0,
-                metadata: IpIdentityPair::metadata_for(cluster, &node.name, i64::from(e)),
+                metadata: IpIdentityPair::metadata_for(&node.name, i64::from(e)),
                 k8s_namespace: "default".into(),
                 k8s_pod_name: format!("pod-{n}-{e}"),
             };
-            state.push((keys::ip_key(cluster, &ip), pair.encode()));
+            state.push((keys::ip_key(&ip), pair.encode()));
         }
     }
     let now = "2026-11-23T00:00:00Z".to_owned();

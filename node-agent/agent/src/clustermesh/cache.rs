@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use cilium_identity::{ClusterScope, LabelSet, NumericIdentity};
 use cilium_kvstore::cluster_config::MAX_CONNECTED_CLUSTERS;
-use cilium_kvstore::keys::{IDENTITIES_PREFIX, IP_PREFIX, NODES_PREFIX, SERVICES_PREFIX};
+use cilium_kvstore::keys::{
+    IDENTITIES_PREFIX, IP_ADDRESS_SPACE, IP_PREFIX, NODES_PREFIX, SERVICES_PREFIX,
+};
 use cilium_kvstore::{ClusterConfig, ClusterService, IpIdentityPair, KvNode};
 
 /// One key of a remote kvstore, by what it holds.
@@ -31,7 +33,13 @@ fn classify<'a>(cluster: &str, key: &'a str) -> Option<RemoteKey<'a>> {
     if let Some(rest) = under(NODES_PREFIX) {
         return Some(RemoteKey::Node(rest));
     }
-    if let Some(rest) = under(IP_PREFIX) {
+    // Cilium writes every cluster's IPs under one address space, in its own kvstore.
+    if let Some(rest) = key
+        .strip_prefix(IP_PREFIX)
+        .and_then(|k| k.strip_prefix('/'))
+        .and_then(|k| k.strip_prefix(IP_ADDRESS_SPACE))
+        .and_then(|k| k.strip_prefix('/'))
+    {
         return Some(RemoteKey::Ip(rest));
     }
     if let Some(rest) = under(SERVICES_PREFIX) {
@@ -247,16 +255,13 @@ pub(crate) mod tests {
         let labels: LabelSet = [Label::k8s("app", "employee")].into_iter().collect();
         let id_key = keys::identity_id_key(NumericIdentity(C2 + 300));
         assert!(cache.put(&id_key, labels.kvstore_string().as_bytes()));
-        let ip_key = keys::ip_key("cluster2", "10.211.0.5");
+        let ip_key = keys::ip_key("10.211.0.5");
         assert!(cache.put(&ip_key, &pair("10.211.0.5", C2 + 300)));
         assert_eq!(cache.identities.get(&(C2 + 300)), Some(&labels));
         assert_eq!(cache.ips["10.211.0.5"].id, C2 + 300);
         // Keys the agent does not read, and other clusters' keys, are ignored.
         assert!(!cache.put("cilium/.heartbeat", b"now"));
-        assert!(!cache.put(
-            &keys::ip_key("cluster3", "10.212.0.5"),
-            &pair("10.212.0.5", C2)
-        ));
+        assert!(!cache.put(&keys::node_key("cluster3", "node-1"), b"{}"));
         assert!(cache.delete(&ip_key));
         assert!(cache.ips.is_empty());
         assert_eq!(cache.invalid, 0);
@@ -265,7 +270,7 @@ pub(crate) mod tests {
     #[test]
     fn values_a_cluster_may_not_send_are_refused_and_drop_the_old_value() {
         let mut cache = RemoteCache::new("cluster2", 102);
-        let ip_key = keys::ip_key("cluster2", "10.211.0.5");
+        let ip_key = keys::ip_key("10.211.0.5");
         assert!(cache.put(&ip_key, &pair("10.211.0.5", C2 + 300)));
         // Identity 300 is cluster 0's: cluster2 may not put its pods there.
         assert!(cache.put(&ip_key, &pair("10.211.0.5", 300)));
