@@ -211,7 +211,9 @@ static __always_inline int parse_l4(struct flow *f, void *l4, void *end)
 		f->tcp_flags = ((__u8 *)th)[13];
 		return PARSE_OK;
 	}
-	case IPPROTO_UDP: {
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP: {
+		/* SCTP's common header starts with the two ports, as UDP's does. */
 		struct udphdr *uh = l4;
 		if ((void *)(uh + 1) > end)
 			return -DROP_CT_INVALID_HDR;

@@ -458,6 +458,67 @@ fn ipv4_fragments_meet_the_policy_of_their_first() {
     );
 }
 
+/// SCTP ports meet the policy like TCP and UDP ones (the Kubernetes NetworkPolicy suite has
+/// SCTP cases); run on single packets with `BPF_PROG_TEST_RUN` (no SCTP sockets needed).
+#[test]
+fn sctp_ports_meet_the_policy() {
+    let ns = NetNs::new("sctp").expect("netns");
+    ns.run(|| {
+        let pins = ScratchBpffs::new("sctp");
+        let mut dp = Datapath::open(&datapath_config(&pins)).expect("datapath");
+        let (server, client) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        dp.upsert_ipcache(
+            host(client),
+            IpcacheEntry {
+                identity: EMPLOYEE,
+                tunnel_endpoint: None,
+            },
+        )
+        .expect("ipcache");
+        // The test run hands the packet to the program on the loopback device.
+        let endpoint = Endpoint {
+            id: 1,
+            ifname: "lo".into(),
+            ips: vec![server.into()],
+            identity: DB,
+            mac: [0; 6],
+            node_mac: [0; 6],
+        };
+        let policy = admit(
+            EMPLOYEE,
+            L4Match::port(cilium_datapath::policy::PROTO_SCTP, 9000),
+        );
+        dp.attach_endpoint(&endpoint, &policy).expect("attach");
+        let mut verdict = |port: u16| {
+            dp.test_run(
+                cilium_datapath::EndpointProgram::ToContainer,
+                &sctp_frame(client, server, port),
+                1,
+            )
+            .expect("test run")
+            .0
+        };
+        assert_eq!(verdict(9000), 0, "the admitted SCTP port");
+        assert_eq!(verdict(9001), 2, "another SCTP port");
+    })
+    .expect("in the namespace");
+}
+
+/// An Ethernet frame with an SCTP common header from `src` to `dst`:`port`.
+fn sctp_frame(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Vec<u8> {
+    let mut frame = vec![0u8; 14 + 20 + 12];
+    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    frame[14] = 0x45;
+    frame[16..18].copy_from_slice(&32u16.to_be_bytes());
+    frame[22] = 64;
+    frame[23] = 132; // SCTP
+    frame[26..30].copy_from_slice(&src.octets());
+    frame[30..34].copy_from_slice(&dst.octets());
+    frame[34..36].copy_from_slice(&40_000u16.to_be_bytes());
+    frame[36..38].copy_from_slice(&port.to_be_bytes());
+    frame
+}
+
 #[test]
 fn xdp_prefilter_drops_denied_sources_and_counts_them() {
     let bed = Bed::new();
