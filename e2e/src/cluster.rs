@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::Arc;
@@ -83,7 +83,7 @@ impl Relay {
                     Ok((inside, _)) => {
                         let _ = inside.set_nonblocking(false);
                         if let Ok(outside) = TcpStream::connect(("127.0.0.1", port)) {
-                            pipe(inside, outside);
+                            crate::proxy::pipe(inside, outside, None);
                         }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -98,31 +98,6 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// Copies both ways between two streams on two threads.
-fn pipe(a: TcpStream, b: TcpStream) {
-    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
-        return;
-    };
-    let copy = |mut from: TcpStream, mut to: TcpStream| {
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 16 * 1024];
-            loop {
-                match from.read(&mut buffer) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if to.write_all(&buffer[..n]).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            let _ = to.shutdown(Shutdown::Write);
-        });
-    };
-    copy(a, b2);
-    copy(b, a2);
 }
 
 /// One node: its namespace on the LAN, a Node object, and its agent.

@@ -15,6 +15,7 @@ pub mod netns;
 pub mod operator;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod traffic;
 
 pub use apiserver::ApiServer;

@@ -2,7 +2,7 @@
 //! comes back.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use crate::netns::NetNs;
@@ -63,6 +63,39 @@ pub fn echoes(stream: &mut TcpStream) -> bool {
 /// Whether `ns` can open a connection to `to:port` and get an echo.
 pub fn reaches(ns: &NetNs, to: impl Into<IpAddr>, port: u16) -> bool {
     connect(ns, to, port).is_ok_and(|mut s| echoes(&mut s))
+}
+
+/// A UDP echo server in `ns` on `port` (IPv4 and IPv6), for the life of the process.
+pub fn serve_udp_echo(ns: &NetNs, port: u16) {
+    let socket = ns
+        .run(|| UdpSocket::bind(("::", port)))
+        .expect("run in the namespace")
+        .expect("bind the UDP echo port");
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 1500];
+        while let Ok((n, from)) = socket.recv_from(&mut buffer) {
+            let _ = socket.send_to(&buffer[..n], from);
+        }
+    });
+}
+
+/// Whether a datagram from `ns` to `to:port` comes back within [`CONNECT_TIMEOUT`].
+pub fn udp_reaches(ns: &NetNs, to: impl Into<IpAddr>, port: u16) -> bool {
+    let target = SocketAddr::from((to.into(), port));
+    ns.run(|| {
+        let bind: SocketAddr = match target {
+            SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+            SocketAddr::V6(_) => ([0u16; 8], 0).into(),
+        };
+        let socket = UdpSocket::bind(bind).ok()?;
+        socket.set_read_timeout(Some(CONNECT_TIMEOUT)).ok()?;
+        socket.send_to(b"hello", target).ok()?;
+        let mut buffer = [0u8; 16];
+        let (n, from) = socket.recv_from(&mut buffer).ok()?;
+        Some(from == target && &buffer[..n] == b"hello")
+    })
+    .expect("run in the namespace")
+    .unwrap_or(false)
 }
 
 /// Prints whether each of `clients` reaches `target` on `port`, one line each, as the

@@ -209,3 +209,57 @@ fn one_replica_leads_a_killed_leader_is_replaced_and_exhaustion_is_served() {
         operator_error(&bed, "c").is_empty().then_some(())
     });
 }
+
+/// client-go's guarantee: a leader whose requests stall (only its connection to the
+/// apiserver, through a proxy that stops forwarding) stops leading by its renew deadline
+/// and exits, and the standby takes over within a lease duration after that.
+#[test]
+fn a_leader_cut_off_steps_down_by_its_renew_deadline() {
+    let bed = ClusterBed::start().expect("bed");
+    let apiserver = e2e::cluster::port_of(&bed.apiserver_url()).expect("apiserver port");
+    let proxy = e2e::proxy::StallingProxy::start(apiserver).expect("proxy");
+    let kubeconfig = std::fs::read_to_string(bed.kubeconfig())
+        .expect("kubeconfig")
+        .replace(
+            &format!("127.0.0.1:{apiserver}"),
+            &format!("127.0.0.1:{}", proxy.port),
+        );
+    let through_proxy = bed.dir().join("kubeconfig-through-proxy");
+    std::fs::write(&through_proxy, kubeconfig).expect("write kubeconfig");
+    let flags = [
+        "--cluster-pool-ipv4-cidr=10.200.0.0/16",
+        FAST_LEASE[0],
+        FAST_LEASE[1],
+        FAST_LEASE[2],
+    ];
+    let mut cut_off =
+        OperatorProcess::start_with_kubeconfig(&bed, &through_proxy, "cut-off", "default", &flags)
+            .expect("the replica behind the proxy");
+    wait_for(
+        "the proxied replica to lead",
+        Duration::from_secs(30),
+        || (lease_holder(&bed, "default").as_deref() == Some("cut-off")).then_some(()),
+    );
+    let _standby = OperatorProcess::start(&bed, "standby", "default", &flags).expect("the standby");
+
+    proxy.stall();
+    let stalled = Instant::now();
+    // FAST_LEASE: renew deadline 3 s, lease 4 s, retry 1 s.
+    wait_for(
+        "the cut-off leader to exit",
+        Duration::from_secs(10),
+        || cut_off.process.check_running().is_err().then_some(()),
+    );
+    let exited = stalled.elapsed();
+    let log = cut_off.process.log_tail(20);
+    assert!(log.contains("renew"), "it says why: {log}");
+    wait_for("the standby to take over", Duration::from_secs(15), || {
+        (lease_holder(&bed, "default").as_deref() == Some("standby")).then_some(())
+    });
+    let taken_over = stalled.elapsed();
+    println!("cut-off leader exited after {exited:?}; standby leading after {taken_over:?}");
+    assert!(
+        exited < taken_over,
+        "the old leader had stopped before the standby led ({exited:?}, {taken_over:?})"
+    );
+}

@@ -97,7 +97,18 @@ pub async fn run(
     let mut last_renew: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        match try_acquire_or_renew(&api, &me, &timing, &mut observed, now).await {
+        // client-go's guarantee: no attempt outlasts the renew deadline (a candidate's is
+        // bounded by it too), so a request that stalls (a partition, an apiserver whose
+        // etcd is gone) cannot keep a leader leading past it.
+        let bound = attempt_bound(last_renew, now, &timing);
+        let attempt = try_acquire_or_renew(&api, &me, &timing, &mut observed, now);
+        let result = match tokio::time::timeout(bound, attempt).await {
+            Ok(result) => result.map_err(anyhow::Error::from),
+            Err(_) => Err(anyhow::anyhow!(
+                "the lease request got no answer within {bound:?}"
+            )),
+        };
+        match result {
             Ok(true) => {
                 if last_renew.is_none() {
                     tracing::info!(identity = %me, lease = LEASE_NAME, "became leader");
@@ -112,7 +123,7 @@ pub async fn run(
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "lease update failed");
-                if last_renew.is_some_and(|t| now.duration_since(t) > timing.renew_deadline) {
+                if last_renew.is_some_and(|t| past_deadline(t, Instant::now(), &timing)) {
                     leading.send_replace(false);
                     anyhow::bail!(
                         "leader election lost: lease not renewed within {:?}",
@@ -123,6 +134,20 @@ pub async fn run(
         }
         tokio::time::sleep(timing.retry_period).await;
     }
+}
+
+/// How long an attempt may take: a leader's until its renew deadline, a candidate's the
+/// renew deadline.
+fn attempt_bound(last_renew: Option<Instant>, now: Instant, timing: &Timing) -> Duration {
+    match last_renew {
+        Some(renewed) => (renewed + timing.renew_deadline).saturating_duration_since(now),
+        None => timing.renew_deadline,
+    }
+}
+
+/// Whether a leader that last renewed at `renewed` must stop leading at `now`.
+fn past_deadline(renewed: Instant, now: Instant, timing: &Timing) -> bool {
+    now.duration_since(renewed) >= timing.renew_deadline
 }
 
 async fn try_acquire_or_renew(
@@ -201,6 +226,25 @@ mod tests {
     use super::*;
 
     const DURATION: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn no_attempt_outlasts_the_renew_deadline() {
+        let timing = Timing {
+            lease_duration: DURATION,
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(attempt_bound(None, at(0), &timing), Duration::from_secs(10));
+        assert_eq!(
+            attempt_bound(Some(t0), at(4), &timing),
+            Duration::from_secs(6)
+        );
+        assert_eq!(attempt_bound(Some(t0), at(12), &timing), Duration::ZERO);
+        assert!(!past_deadline(t0, at(9), &timing));
+        assert!(past_deadline(t0, at(10), &timing));
+    }
 
     /// What "me" decides on seeing `record` at `at`.
     fn decide_at(record: &Record, seen: &mut Observation, at: Instant) -> Decision {
