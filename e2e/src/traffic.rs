@@ -65,6 +65,45 @@ pub fn reaches(ns: &NetNs, to: impl Into<IpAddr>, port: u16) -> bool {
     connect(ns, to, port).is_ok_and(|mut s| echoes(&mut s))
 }
 
+/// Runs `check` on every cell at once (a thread each: every dropped probe costs its
+/// timeout); the descriptions of the cells that do not hold.
+pub fn wrong_cells<T: Sync>(
+    cells: &[T],
+    check: impl Fn(&T) -> Option<String> + Sync,
+) -> Vec<String> {
+    std::thread::scope(|scope| {
+        let checks: Vec<_> = cells
+            .iter()
+            .map(|cell| scope.spawn(|| check(cell)))
+            .collect();
+        checks
+            .into_iter()
+            .filter_map(|c| c.join().expect("a probe"))
+            .collect()
+    })
+}
+
+/// Waits up to `timeout` until `wrong` finds nothing wrong; how long that took. Panics with
+/// what is still wrong.
+pub fn until_right(
+    what: &str,
+    timeout: Duration,
+    mut wrong: impl FnMut() -> Vec<String>,
+) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let still = wrong();
+        if still.is_empty() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "{what}: after {timeout:?} these cells are still wrong: {still:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A UDP echo server in `ns` on `port` (IPv4 and IPv6), for the life of the process.
 pub fn serve_udp_echo(ns: &NetNs, port: u16) {
     let socket = ns

@@ -8,10 +8,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e::cluster::{AgentNode, Cluster, CniPod};
-use e2e::traffic::{reaches, serve_echo};
+use e2e::traffic::{reaches, serve_echo, until_right, wrong_cells};
 use serde_json::Value;
 
 const NAMESPACE: &str = "cilium-test";
@@ -60,41 +60,19 @@ impl Pods {
                     })
             })
             .collect();
-        std::thread::scope(|scope| {
-            let probes: Vec<_> = cells
-                .iter()
-                .map(|(source, cell, want)| {
-                    scope.spawn(move || {
-                        (self.probe(source, cell) != *want).then(|| {
-                            format!(
-                                "{source} -> {cell}: expected {}",
-                                if *want { "through" } else { "dropped" }
-                            )
-                        })
-                    })
-                })
-                .collect();
-            probes
-                .into_iter()
-                .filter_map(|p| p.join().expect("a probe"))
-                .collect()
+        wrong_cells(&cells, |(source, cell, want)| {
+            (self.probe(source, cell) != *want).then(|| {
+                format!(
+                    "{source} -> {cell}: expected {}",
+                    if *want { "through" } else { "dropped" }
+                )
+            })
         })
     }
 
     /// Waits until `expect` holds; how long it took.
     fn until(&self, what: &str, expect: &Value) -> Duration {
-        let started = Instant::now();
-        loop {
-            let wrong = self.mismatches(expect);
-            if wrong.is_empty() {
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < SETTLE,
-                "{what}: after {SETTLE:?} these cells are still wrong: {wrong:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        until_right(what, SETTLE, || self.mismatches(expect))
     }
 }
 

@@ -7,10 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e::cluster::{Cluster, CniPod};
-use e2e::traffic::{reaches, serve_echo, serve_udp_echo, udp_reaches};
+use e2e::traffic::{reaches, serve_echo, serve_udp_echo, udp_reaches, until_right, wrong_cells};
 use serde_json::Value;
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -71,37 +71,17 @@ impl Pods {
             // As upstream (`ignoreLoopback`): a pod reaching itself never leaves it.
             .filter(|(from, to, _)| from != to)
             .collect();
-        std::thread::scope(|scope| {
-            let probes: Vec<_> = cells
-                .iter()
-                .map(|(from, to, want)| {
-                    scope.spawn(move || {
-                        (self.probe(from, to, port, protocol) != *want)
-                            .then(|| format!("{from} -> {to} {port}/{protocol}: expected {want}"))
-                    })
-                })
-                .collect();
-            probes
-                .into_iter()
-                .filter_map(|p| p.join().expect("a probe"))
-                .collect()
+        wrong_cells(&cells, |(from, to, want)| {
+            (self.probe(from, to, port, protocol) != *want)
+                .then(|| format!("{from} -> {to} {port}/{protocol}: expected {want}"))
         })
     }
 
     /// Waits until every probe of `probes` holds; how long it took.
     fn until(&self, what: &str, probes: &[Value]) -> Duration {
-        let started = Instant::now();
-        loop {
-            let wrong: Vec<String> = probes.iter().flat_map(|p| self.mismatches(p)).collect();
-            if wrong.is_empty() {
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < SETTLE,
-                "{what}: after {SETTLE:?} these cells are still wrong: {wrong:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        until_right(what, SETTLE, || {
+            probes.iter().flat_map(|p| self.mismatches(p)).collect()
+        })
     }
 
     /// `{{ns/pod.ip}}` in `text` replaced by that pod's address.

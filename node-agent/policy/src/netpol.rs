@@ -125,9 +125,11 @@ impl Translation<'_> {
         (matches, named)
     }
 
+    /// Rule `path`; its peers are in field `peer_field` (`from` or `to`).
     fn section(
         &mut self,
         path: &str,
+        peer_field: &str,
         peers: Option<&[NetworkPolicyPeer]>,
         ports: Option<&[NetworkPolicyPort]>,
     ) -> PeerRule {
@@ -137,7 +139,7 @@ impl Translation<'_> {
             Some(peers) => peers
                 .iter()
                 .enumerate()
-                .filter_map(|(i, peer)| self.peer(&format!("{path}[{i}]"), peer))
+                .filter_map(|(i, peer)| self.peer(&format!("{path}.{peer_field}[{i}]"), peer))
                 .collect(),
         };
         let l4 = match ports {
@@ -196,38 +198,36 @@ pub fn parse_network_policy(
         types.iter().any(|t| t == "Ingress"),
         types.iter().any(|t| t == "Egress"),
     );
-    let ingress = if ingress_on {
-        spec.ingress
-            .iter()
-            .flatten()
+    // Each direction's rules as (peers, ports); a direction that is not a policy type has none.
+    let ingress_rules: Vec<_> = spec
+        .ingress
+        .iter()
+        .flatten()
+        .filter(|_| ingress_on)
+        .map(|r| (r.from.as_deref(), r.ports.as_deref()))
+        .collect();
+    let egress_rules: Vec<_> = spec
+        .egress
+        .iter()
+        .flatten()
+        .filter(|_| egress_on)
+        .map(|r| (r.to.as_deref(), r.ports.as_deref()))
+        .collect();
+    type Rules<'a> = Vec<(
+        Option<&'a [NetworkPolicyPeer]>,
+        Option<&'a [NetworkPolicyPort]>,
+    )>;
+    let mut sections = |path: &str, field: &str, rules: Rules<'_>| -> Vec<PeerRule> {
+        rules
+            .into_iter()
             .enumerate()
-            .map(|(i, r)| {
-                translation.section(
-                    &format!("spec.ingress[{i}].from"),
-                    r.from.as_deref(),
-                    r.ports.as_deref(),
-                )
+            .map(|(i, (peers, ports))| {
+                translation.section(&format!("{path}[{i}]"), field, peers, ports)
             })
             .collect()
-    } else {
-        Vec::new()
     };
-    let egress = if egress_on {
-        spec.egress
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, r)| {
-                translation.section(
-                    &format!("spec.egress[{i}].to"),
-                    r.to.as_deref(),
-                    r.ports.as_deref(),
-                )
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let ingress = sections("spec.ingress", "from", ingress_rules);
+    let egress = sections("spec.egress", "to", egress_rules);
     if !translation.problems.is_empty() {
         return Err(translation.problems);
     }
