@@ -6,7 +6,6 @@
 //! last valid version enforced; a deleted pod's connections are scrubbed. Needs root.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use e2e::cluster::{
@@ -89,14 +88,6 @@ fn ct_entries_of(node: &AgentNode, ip: std::net::Ipv4Addr) -> Vec<Value> {
         .collect()
 }
 
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
 const GUARDED: &str = r#"
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -159,10 +150,10 @@ fn enforcement_fails_closed() {
         ],
     );
 
-    // 2. The operator stopped: nobody allocates the new pod's identity. ADD waits the
+    // 2. The operator gone: nobody allocates the new pod's identity. ADD waits the
     // sync-build timeout, then asks the runtime to try again, and leaves nothing behind.
-    let operator = cluster.operator.process.pid();
-    signal(operator, "-STOP");
+    // (Killed, not stopped: a stopped operator exits once resumed, past its renew deadline.)
+    cluster.operator.process.signal(libc::SIGKILL);
     bed.kubectl_run(
         &["apply", "-f", "-"],
         Some(
@@ -207,7 +198,12 @@ fn enforcement_fails_closed() {
             .is_err()
             .then_some(())
     });
-    signal(operator, "-CONT");
+    // A new replica, as the operator's Deployment would start.
+    let operator_flags = Setup::standard(bed, 2).operator_flags;
+    let flags: Vec<&str> = operator_flags.iter().map(String::as_str).collect();
+    let mut replacement =
+        e2e::operator::OperatorProcess::start(bed, "operator-2", "default", &flags)
+            .expect("a new operator");
     let newcomer = n1
         .wire_pod("default", "newcomer")
         .expect("the runtime's retry works");
@@ -318,7 +314,7 @@ fn enforcement_fails_closed() {
         "still open after the restart"
     );
 
-    // 5c. An endpoint whose CiliumIdentity is gone (deleted while the operator is stopped)
+    // 5c. An endpoint whose CiliumIdentity is gone (deleted with no operator to recreate it)
     // still gets every policy change, computed from its own labels.
     let guarded_identity = agent_json(n1, "/v1/endpoint")
         .as_array()
@@ -327,7 +323,7 @@ fn enforcement_fails_closed() {
         .find(|e| e["container-id"] == guarded.container_id.as_str())
         .and_then(|e| e["identity"].as_u64())
         .expect("the guarded pod's identity");
-    signal(operator, "-STOP");
+    replacement.process.stop();
     cluster
         .bed
         .kubectl_run(
@@ -348,7 +344,6 @@ fn enforcement_fails_closed() {
         SETTLE,
         &[(&employee, &guarded, WEB, true)],
     );
-    signal(operator, "-CONT");
 
     // 6. A deleted pod's connections go with it: nothing for a pod reusing its address.
     let held = e2e::traffic::connect(&employee.ns, guarded.ip, WEB).expect("a connection");
