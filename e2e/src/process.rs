@@ -161,11 +161,26 @@ pub fn wait_until(
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// Ports the servers of the tests listen on: below Linux's ephemeral range (32768..60999),
+/// so an outgoing connection's local port never takes one between the check and the bind
+/// (seen once: etcd failing with "address already in use").
+const SERVER_PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, outside the ephemeral range.
 pub fn free_port() -> Result<u16, Error> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("bind", e))?;
-    Ok(listener
-        .local_addr()
-        .map_err(|e| Error::io("local_addr", e))?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = SERVER_PORTS.end - SERVER_PORTS.start;
+    // Processes running tests side by side start at different places.
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..span {
+        let offset = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let Ok(port) = u16::try_from(SERVER_PORTS.start + offset) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(Error::Setup(format!("no free port in {SERVER_PORTS:?}")))
 }
