@@ -288,13 +288,21 @@ impl Reconciler {
         // Egress rules' port names: every endpoint's in the cluster (this node's pods too,
         // whose CiliumEndpoints may not be written yet).
         let ceps = self.caches.endpoints.state();
-        let local_pods = self.caches.pods.state();
-        let local_ports: Vec<Vec<NamedPort>> =
-            local_pods.iter().map(|p| NamedPort::of_pod(p)).collect();
+        // Each local pod's named ports, read once for both uses.
+        let local_ports: BTreeMap<(String, String), Vec<NamedPort>> = self
+            .caches
+            .pods
+            .state()
+            .iter()
+            .map(|p| {
+                let key = (p.namespace().unwrap_or_default(), p.name_any());
+                (key, NamedPort::of_pod(p))
+            })
+            .collect();
         let cluster_ports: Vec<(&str, u8, u16)> = ceps
             .iter()
             .filter_map(|cep| cep.status.as_ref()?.named_ports.as_ref())
-            .chain(&local_ports)
+            .chain(local_ports.values())
             .flat_map(|ports| port_triples(ports))
             .collect();
         // Failures are logged per endpoint and kept in the controller's status.
@@ -317,8 +325,11 @@ impl Reconciler {
                         }
                     },
                 };
-                let own = self.pod_of(&record).map(|p| NamedPort::of_pod(&p)).unwrap_or_default();
-                let ports = PortNames::new(port_triples(&own), cluster_ports.iter().copied());
+                let own = local_ports
+                    .get(&(record.k8s_namespace.clone(), record.k8s_pod_name.clone()))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let ports = PortNames::new(port_triples(own), cluster_ports.iter().copied());
                 let policy = state.endpoint(&labels, &ports);
                 if let Err(e) = self.agent.set_policy(record.id, record.identity, policy) {
                     tracing::warn!(id = record.id, error = %e, "setting the endpoint's policy failed; it drops all traffic until a policy fits");
