@@ -101,6 +101,17 @@ fn flag_value(argv: &[String], name: &str) -> Option<String> {
     None
 }
 
+/// `host:port`, or `:port` for every address (Go's form, as Cilium's flags and its chart's
+/// `cilium-config` write them).
+pub fn parse_listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_owned(),
+    };
+    full.parse()
+        .map_err(|e| format!("{text:?} is not an address like :9962 or 127.0.0.1:9962: {e}"))
+}
+
 /// `500ms`, `15s`, `5m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -198,6 +209,20 @@ mod tests {
         let absent = run_if_some(None::<std::future::Ready<u8>>);
         let waited = tokio::time::timeout(Duration::from_millis(50), absent).await;
         assert!(waited.is_err(), "an absent task ended");
+    }
+
+    #[test]
+    fn listen_addresses_take_gos_port_only_form() {
+        assert_eq!(
+            parse_listen_addr(":9963"),
+            Ok("0.0.0.0:9963".parse().expect("address"))
+        );
+        assert_eq!(
+            parse_listen_addr("127.0.0.1:9234"),
+            Ok("127.0.0.1:9234".parse().expect("address"))
+        );
+        let error = parse_listen_addr("9963").expect_err("no port-only form without ':'");
+        assert!(error.contains("\"9963\" is not an address"), "{error}");
     }
 
     #[derive(clap::Parser, Debug)]

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything `make test` and `make demo` need on a fresh Debian machine:
-# the apt packages, and a kube-apiserver built from Debian's Kubernetes source
-# (cached; see build-kube-apiserver.sh). Idempotent and quiet when all is present.
+# the apt packages, and the Kubernetes binaries built from Debian's Kubernetes source
+# (cached; see build-kubernetes.sh). Idempotent and quiet when all is present.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
 packages=(etcd-server etcd-client clang llvm libbpf-dev protobuf-compiler libprotobuf-dev
           iproute2 iputils-ping netcat-openbsd openssl python3-venv util-linux
-          iperf3 iptables)
+          iperf3 iptables
+          # the real nodes: container runtime, images without a registry, the loopback plugin
+          containerd runc busybox-static umoci containernetworking-plugins)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,7 +24,7 @@ fi
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
 pkill -x etcd >/dev/null 2>&1 || true
 
-"$here/build-kube-apiserver.sh" >/dev/null
+"$here/build-kubernetes.sh" >/dev/null
 
 # Helm's own SDK (no helm binary is installable here) for the chart's lint and render.
 helm_venv=${CILIUM_RS_CACHE:-/var/cache/cilium-rs}/helm-venv

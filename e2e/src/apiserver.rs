@@ -8,12 +8,41 @@ use crate::pki::{self, Authority};
 use crate::process::{Supervised, free_port, wait_until};
 use crate::{Error, START_TIMEOUT};
 
-/// Where `e2e/setup/build-kube-apiserver.sh` caches the binary.
+/// A Kubernetes v1.20.2 binary (`kube-apiserver`, `kubelet`, ...) where
+/// `e2e/setup/build-kubernetes.sh` caches them.
+pub fn kubernetes_binary(name: &str) -> Result<PathBuf, Error> {
+    crate::cached_dependency(&format!("kubernetes-v1.20.2/{name}"), "it builds them")
+}
+
 fn binary() -> Result<PathBuf, Error> {
     if let Some(path) = std::env::var_os("KUBE_APISERVER") {
         return Ok(path.into());
     }
-    crate::cached_dependency("kube-apiserver-v1.20.2", "or set KUBE_APISERVER")
+    kubernetes_binary("kube-apiserver")
+}
+
+/// What a bed with real kubelets needs of the apiserver beyond the defaults.
+#[derive(Debug, Clone)]
+pub struct ApiServerOptions {
+    /// Bind and advertise address (the `kubernetes` Service's endpoint).
+    pub address: std::net::Ipv4Addr,
+    /// More lines of the token file: `token,user,uid,"group"`.
+    pub tokens: Vec<String>,
+    /// The ServiceAccount admission plugin (pods get tokens; needs a controller-manager).
+    pub service_accounts: bool,
+    /// The client certificate it shows kubelets (exec, logs).
+    pub kubelet_client: Option<pki::CertFiles>,
+}
+
+impl Default for ApiServerOptions {
+    fn default() -> Self {
+        Self {
+            address: std::net::Ipv4Addr::LOCALHOST,
+            tokens: Vec::new(),
+            service_accounts: false,
+            kubelet_client: None,
+        }
+    }
 }
 
 /// The audit log (JSON lines) in the bed's directory: every request of a service account.
@@ -21,6 +50,7 @@ pub const AUDIT_LOG: &str = "audit.log";
 
 #[derive(Debug)]
 pub struct ApiServer {
+    address: std::net::Ipv4Addr,
     port: u16,
     token: String,
     ca_pem: String,
@@ -30,15 +60,28 @@ pub struct ApiServer {
 impl ApiServer {
     /// Starts the apiserver against `etcd`, with its files in `dir`.
     pub fn start(dir: &Path, etcd_endpoint: &str, pki: &Authority) -> Result<Self, Error> {
+        Self::start_with(dir, etcd_endpoint, pki, &ApiServerOptions::default())
+    }
+
+    pub fn start_with(
+        dir: &Path,
+        etcd_endpoint: &str,
+        pki: &Authority,
+        options: &ApiServerOptions,
+    ) -> Result<Self, Error> {
         let port = free_port()?;
-        let serving = pki.issue("apiserver", "kube-apiserver", &["localhost", "127.0.0.1"])?;
+        let address = options.address.to_string();
+        let serving = pki.issue(
+            "apiserver",
+            "kube-apiserver",
+            &["localhost", "127.0.0.1", &address, "10.96.0.1"],
+        )?;
         let (sa_private, sa_public) = pki::signing_key(dir)?;
         let token = format!("admin-{}", std::process::id());
         let tokens = dir.join("tokens.csv");
-        pki::write(
-            &tokens,
-            &format!("{token},admin,admin,\"system:masters\"\n"),
-        )?;
+        let mut lines = vec![format!("{token},admin,admin,\"system:masters\"")];
+        lines.extend(options.tokens.iter().cloned());
+        pki::write(&tokens, &(lines.join("\n") + "\n"))?;
 
         // Requests of service accounts (the components running with the chart's RBAC) are
         // audited: the chart test compares what they called with what the chart grants.
@@ -56,8 +99,8 @@ impl ApiServer {
                 "--audit-log-path={}",
                 dir.join(AUDIT_LOG).display()
             ))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--bind-address={address}"))
+            .arg(format!("--advertise-address={address}"))
             .arg(format!("--secure-port={port}"))
             .arg("--insecure-port=0")
             .arg(format!("--cert-dir={}", dir.display()))
@@ -77,15 +120,27 @@ impl ApiServer {
             ))
             .arg("--service-cluster-ip-range=10.96.0.0/16")
             .arg("--allow-privileged=true")
-            // No controller-manager runs here to create service-account token secrets, which
-            // the 1.20 ServiceAccount admission plugin would demand for every Pod.
-            .arg("--disable-admission-plugins=ServiceAccount")
             .arg("--enable-priority-and-fairness=false")
             .arg("--profiling=false")
             .arg("--v=1");
+        if !options.service_accounts {
+            // No controller-manager runs to create service-account token secrets, which the
+            // 1.20 ServiceAccount admission plugin would demand for every Pod.
+            command.arg("--disable-admission-plugins=ServiceAccount");
+        }
+        if let Some(client) = &options.kubelet_client {
+            command
+                .arg(format!(
+                    "--kubelet-client-certificate={}",
+                    client.cert.display()
+                ))
+                .arg(format!("--kubelet-client-key={}", client.key.display()))
+                .arg("--kubelet-preferred-address-types=InternalIP");
+        }
         let process =
             Supervised::spawn("kube-apiserver", command, &dir.join("kube-apiserver.log"))?;
         let mut server = Self {
+            address: options.address,
             port,
             token,
             ca_pem: pki.ca_pem(),
@@ -110,7 +165,11 @@ impl ApiServer {
     }
 
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.address, self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn pid(&self) -> u32 {

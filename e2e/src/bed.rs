@@ -108,29 +108,7 @@ impl ClusterBed {
     /// Runs kubectl with `args` (and `stdin`, if any); its stdout on success, else an error
     /// carrying its stderr.
     pub fn kubectl_run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
-        let mut command = self.kubectl();
-        command
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(|e| Error::io("run kubectl", e))?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A kubectl that fails early closes its stdin; its stderr says why.
-            let _ = pipe.write_all(text.as_bytes());
-        }
-        let output = child
-            .wait_with_output()
-            .map_err(|e| Error::io("wait for kubectl", e))?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.success() {
-            Ok(stdout)
-        } else {
-            Err(Error::Command {
-                command: format!("kubectl {}", args.join(" ")),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            })
-        }
+        kubectl_run(&self.kubeconfig, args, stdin)
     }
 
     /// `kubectl get <kind> -o json`'s items.
@@ -270,4 +248,33 @@ pub fn unique_name(prefix: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Runs `kubectl --kubeconfig=<kubeconfig>` with `args` (and `stdin`, if any); its stdout
+/// on success, else an error carrying its stderr.
+pub fn kubectl_run(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
+    let mut command = Command::new("kubectl");
+    command
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|e| Error::io("run kubectl", e))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A kubectl that fails early closes its stdin; its stderr says why.
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| Error::io("wait for kubectl", e))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(Error::Command {
+            command: format!("kubectl {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
 }

@@ -41,6 +41,26 @@ impl Lan {
         Ok(Self { ns })
     }
 
+    /// Plugs this machine in: `host_ifname` with `ip/24` in the host's namespace (so it
+    /// reaches the nodes' addresses), the other end in the bridge. Deleted with the LAN.
+    pub fn plug_host(&self, host_ifname: &str, port: &str, ip: Ipv4Addr) -> Result<(), Error> {
+        netns::ip(&[
+            "link",
+            "add",
+            host_ifname,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            self.ns.name(),
+        ])?;
+        self.ns.ip(&["link", "set", port, "master", BRIDGE, "up"])?;
+        netns::ip(&["addr", "add", &format!("{ip}/24"), "dev", host_ifname])?;
+        netns::ip(&["link", "set", host_ifname, "up"])
+    }
+
     /// Plugs `node` in: its `eth0` with `ip/24`, the other end in the bridge.
     pub fn plug(&self, node: &NetNs, port: &str, ip: Ipv4Addr) -> Result<(), Error> {
         self.ns.ip(&[

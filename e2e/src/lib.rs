@@ -16,13 +16,14 @@ pub mod operator;
 pub mod pki;
 pub mod process;
 pub mod proxy;
+pub mod realnode;
 pub mod traffic;
 
-pub use apiserver::ApiServer;
-pub use bed::{ClusterBed, unique_name};
+pub use apiserver::{ApiServer, ApiServerOptions};
+pub use bed::{ClusterBed, kubectl_run, unique_name};
 pub use etcd::Etcd;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Why the test bed could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,12 @@ impl Error {
     }
 }
 
+/// An `Error::Io` maker naming `what`, for `map_err`.
+pub(crate) fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |e| Error::io(what, e)
+}
+
 /// `path` in the cache `make deps` fills (`$CILIUM_RS_CACHE`, default
 /// `/var/cache/cilium-rs`), or an error telling to run it (`hint` says more).
 pub fn cached_dependency(path: &str, hint: &str) -> Result<std::path::PathBuf, Error> {
@@ -86,14 +93,10 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Polls `probe` every 250 ms until it yields; panics naming `what` after `timeout`.
 /// For tests: a timeout is their failure.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
+pub fn wait_for<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Option<T>) -> T {
+    match process::poll(timeout, probe) {
+        Some(value) => value,
+        None => panic!("timed out waiting for {what}"),
     }
 }
 

@@ -49,12 +49,37 @@ impl Authority {
         common_name: &str,
         sans: &[&str],
     ) -> Result<CertFiles, Error> {
+        self.issue_in(file_stem, common_name, None, sans)
+    }
+
+    /// A client certificate whose organization is the Kubernetes group `group`.
+    pub fn issue_for_group(
+        &self,
+        file_stem: &str,
+        common_name: &str,
+        group: &str,
+    ) -> Result<CertFiles, Error> {
+        self.issue_in(file_stem, common_name, Some(group), &[])
+    }
+
+    fn issue_in(
+        &self,
+        file_stem: &str,
+        common_name: &str,
+        organization: Option<&str>,
+        sans: &[&str],
+    ) -> Result<CertFiles, Error> {
         let mut params =
             CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .map_err(Error::cert)?;
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
+        if let Some(organization) = organization {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, organization);
+        }
         let key = KeyPair::generate().map_err(Error::cert)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(Error::cert)?;
         let files = CertFiles {

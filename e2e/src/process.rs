@@ -138,6 +138,20 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Polls `probe` every 250 ms until it yields, or `None` after `timeout`.
+pub fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Polls `ready` every 100 ms until it holds, `process` exits, or `timeout` passes.
 pub fn wait_until(
     what: &str,

@@ -315,6 +315,27 @@ fn operator_and_agents_work_with_the_charts_rbac_and_config() {
     for (key, value) in config["data"].as_object().expect("data") {
         write(&config_dir, key, value.as_str().expect("string value"));
     }
+    // The conflist the agents install once ready (the DaemonSet mounts the ConfigMap and
+    // the host's /etc/cni/net.d at the paths `cilium-config` names; here, the bed's dirs).
+    let cni_source = find(&objects, "ConfigMap", "cni-configuration").expect("cni ConfigMap")
+        ["data"]["05-cilium.conflist"]
+        .as_str()
+        .expect("conflist")
+        .to_owned();
+    assert_eq!(
+        config["data"]["write-cni-conf-when-ready"],
+        "/host/etc/cni/net.d/05-cilium.conflist"
+    );
+    assert_eq!(
+        config["data"]["read-cni-conf"],
+        "/tmp/cni-configuration/05-cilium.conflist"
+    );
+    let cni_read = write(bed.dir(), "05-cilium.conflist", &cni_source);
+    let cni_written = bed.dir().join("net.d/05-cilium.conflist");
+    let cni_flags = [
+        format!("--read-cni-conf={}", cni_read.display()),
+        format!("--write-cni-conf-when-ready={}", cni_written.display()),
+    ];
     let config_flag = format!("--config-dir={}", config_dir.display());
     let etcd_flag = format!(
         "--kvstore-opt=etcd.config={}",
@@ -338,7 +359,7 @@ fn operator_and_agents_work_with_the_charts_rbac_and_config() {
             FAST_LEASE[2].into(),
         ],
         operator_namespace: NAMESPACE.into(),
-        agent_flags: vec![config_flag, etcd_flag],
+        agent_flags: [vec![config_flag, etcd_flag], cni_flags.to_vec()].concat(),
         operator_kubeconfig: Some(operator_kubeconfig),
         agent_kubeconfig: Some(agent_kubeconfig),
         ..Setup::standard(&bed, 2)
@@ -360,6 +381,10 @@ fn operator_and_agents_work_with_the_charts_rbac_and_config() {
     wait_for("3 ready CiliumEndpoints", SETTLE, || {
         (cluster.ready_endpoints().ok()? == 3).then_some(())
     });
+    assert_eq!(
+        std::fs::read_to_string(&cni_written).expect("the agents installed the conflist"),
+        cni_source
+    );
     let policies = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: db, namespace: apps}\nspec:\n  endpointSelector: {matchLabels: {app: db}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: client, namespace: apps}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  - toEndpoints: [{matchLabels: {app: db}}]\n---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: deny-temp}\nspec:\n  endpointSelector: {matchLabels: {app: temp}}\n  egressDeny:\n  - toEntities: [world]\n";
     bed.kubectl_run(&["apply", "-f", "-"], Some(policies))
         .expect("policies");

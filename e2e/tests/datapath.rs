@@ -16,7 +16,8 @@ use std::{
 
 use cilium_datapath::{
     CtTimeouts, Datapath, DatapathConfig, Direction, Endpoint, EventKind, IpcacheEntry, L4Match,
-    PolicyKey, PolicyMap, Verdict, VerdictEvent, abi, policy::PROTO_ICMP, policy::PROTO_TCP,
+    PolicyKey, PolicyMap, TcAttachMode, Verdict, VerdictEvent, abi, policy::PROTO_ICMP,
+    policy::PROTO_TCP,
 };
 use e2e::netns::{self, NetNs, Pod, ScratchBpffs};
 use e2e::traffic::{self, echoes};
@@ -28,9 +29,10 @@ const DB: u32 = 1002;
 const REDIS: u16 = 6379;
 
 /// The datapath configuration of the tests: pins in `pins`, a 2-second non-TCP lifetime.
-fn datapath_config(pins: &ScratchBpffs) -> DatapathConfig {
+fn datapath_config(pins: &ScratchBpffs, tc_attach: TcAttachMode) -> DatapathConfig {
     DatapathConfig {
         bpffs_root: pins.path().to_path_buf(),
+        tc_attach,
         ct_timeouts: CtTimeouts {
             non_tcp: Duration::from_secs(2),
             ..CtTimeouts::default()
@@ -42,6 +44,7 @@ fn datapath_config(pins: &ScratchBpffs) -> DatapathConfig {
 /// A node with three pods: employee, stranger and the db. The test thread lives in the node.
 struct Bed {
     pins: ScratchBpffs,
+    tc_attach: TcAttachMode,
     employee: Pod,
     stranger: Pod,
     db: Pod,
@@ -50,6 +53,10 @@ struct Bed {
 
 impl Bed {
     fn new() -> Self {
+        Self::attaching(TcAttachMode::probe(true))
+    }
+
+    fn attaching(tc_attach: TcAttachMode) -> Self {
         let node = netns::node().expect("node namespace");
         let employee =
             netns::add_pod(&node, "lxc-employee", Ipv4Addr::new(10, 200, 1, 1)).expect("pod");
@@ -59,6 +66,7 @@ impl Bed {
         node.enter_this_thread().expect("enter the node namespace");
         Bed {
             pins: ScratchBpffs::new("test"),
+            tc_attach,
             employee,
             stranger,
             db,
@@ -76,7 +84,8 @@ impl Bed {
 
     /// Opens the datapath and wires the three pods with no policy, their IPs in the ipcache.
     fn datapath(&self) -> Datapath {
-        let mut dp = Datapath::open(&datapath_config(&self.pins)).expect("datapath loads");
+        let mut dp =
+            Datapath::open(&datapath_config(&self.pins, self.tc_attach)).expect("datapath loads");
         for (id, pod, identity) in self.pods() {
             pod.wire(&mut dp, id, identity, &PolicyMap::allow_all())
                 .expect("wire the pod");
@@ -136,7 +145,17 @@ fn drops(events: &[VerdictEvent], endpoint_id: u16, reason: u8) -> Vec<&VerdictE
 
 #[test]
 fn identity_policy_is_enforced_on_real_traffic() {
-    let bed = Bed::new();
+    identity_policy_is_enforced(TcAttachMode::probe(true));
+}
+
+/// The same on the classic tc attachment (kernels before TCX, or `--enable-tcx=false`).
+#[test]
+fn identity_policy_is_enforced_with_classic_tc() {
+    identity_policy_is_enforced(TcAttachMode::Netlink);
+}
+
+fn identity_policy_is_enforced(tc_attach: TcAttachMode) {
+    let bed = Bed::attaching(tc_attach);
     let mut dp = bed.datapath();
     serve(&bed.db, REDIS);
     serve(&bed.stranger, 8080);
@@ -465,7 +484,8 @@ fn sctp_ports_meet_the_policy() {
     let ns = NetNs::new("sctp").expect("netns");
     ns.run(|| {
         let pins = ScratchBpffs::new("sctp");
-        let mut dp = Datapath::open(&datapath_config(&pins)).expect("datapath");
+        let mut dp =
+            Datapath::open(&datapath_config(&pins, TcAttachMode::probe(true))).expect("datapath");
         let (server, client) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
         dp.upsert_ipcache(
             host(client),
@@ -588,12 +608,26 @@ fn xdp_prefilter_drops_denied_sources_and_counts_them() {
 
 #[test]
 fn enforcement_survives_the_agent_and_a_new_agent_takes_over() {
-    let bed = Bed::new();
+    enforcement_survives_the_agent(TcAttachMode::probe(true));
+}
+
+/// The same with netlink filters, which outlive the agent unpinned and are replaced in
+/// place by the next one.
+#[test]
+fn enforcement_survives_the_agent_with_classic_tc() {
+    enforcement_survives_the_agent(TcAttachMode::Netlink);
+}
+
+fn enforcement_survives_the_agent(tc_attach: TcAttachMode) {
+    let bed = Bed::attaching(tc_attach);
     serve(&bed.db, REDIS);
     // The "agent" is another process: it wires the pods, allows only the employee into the
     // db, and exits.
     let mut apply = bed.node.command(env!("CARGO_BIN_EXE_datapath-apply"));
     apply.arg("--bpffs-root").arg(bed.pins.path());
+    if tc_attach == TcAttachMode::Netlink {
+        apply.args(["--tc-attach", "netlink"]);
+    }
     for (id, pod, identity) in bed.pods() {
         apply.args([
             "--endpoint",
@@ -644,13 +678,40 @@ fn enforcement_survives_the_agent_and_a_new_agent_takes_over() {
             (tries, passed)
         })
     };
-    let mut dp =
-        Datapath::open(&datapath_config(&bed.pins)).expect("a new agent opens the pinned datapath");
+    let mut dp = Datapath::open(&datapath_config(&bed.pins, tc_attach))
+        .expect("a new agent opens the pinned datapath");
     let taken = dp.reattach_pinned().expect("takes over the links");
+    if tc_attach == TcAttachMode::Netlink {
+        // No links are pinned: the restored endpoints are attached again, replacing the
+        // filters in place, with the policy they had.
+        for (id, pod, identity) in bed.pods() {
+            let policy = if id == 3 {
+                PolicyMap::new([
+                    (
+                        key(
+                            EMPLOYEE,
+                            Direction::Ingress,
+                            L4Match::port(PROTO_TCP, REDIS),
+                        ),
+                        Verdict::Allow,
+                    ),
+                    (PolicyKey::allow_all(Direction::Egress), Verdict::Allow),
+                ])
+            } else {
+                PolicyMap::allow_all()
+            };
+            dp.attach_endpoint(&pod.endpoint(id, identity), &policy)
+                .expect("the new agent replaces the filters");
+        }
+    }
     std::thread::sleep(Duration::from_millis(600));
     stop.store(true, Ordering::Relaxed);
     let (tries, passed) = prober.join().expect("prober");
-    assert_eq!(taken, 6, "two links for each of three endpoints");
+    let pinned_links = if tc_attach == TcAttachMode::Tcx { 6 } else { 0 };
+    assert_eq!(
+        taken, pinned_links,
+        "two links for each of three endpoints (TCX)"
+    );
     assert!(
         tries >= 2,
         "the prober ran during the takeover ({tries} tries)"
@@ -674,6 +735,25 @@ fn enforcement_survives_the_agent_and_a_new_agent_takes_over() {
         reaches(&bed.stranger, &bed.db, REDIS),
         "the new agent's change takes effect"
     );
+    // Uninstall: nothing of ours is left on the veths, whichever the attachment.
+    dp.remove_pins().expect("remove the datapath");
+    drop(dp);
+    for (_, pod, _) in bed.pods() {
+        for direction in ["ingress", "egress"] {
+            let out = bed
+                .node
+                .command("tc")
+                .args(["filter", "show", "dev", &pod.host_ifname, direction])
+                .output()
+                .expect("tc");
+            let filters = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                !filters.contains("cil_"),
+                "{} {direction}: {filters}",
+                pod.host_ifname
+            );
+        }
+    }
 }
 
 #[test]
@@ -681,7 +761,7 @@ fn bad_requests_fail_closed_with_clear_errors() {
     let bed = Bed::new();
     let config = DatapathConfig {
         policy_map_max: 256,
-        ..datapath_config(&bed.pins)
+        ..datapath_config(&bed.pins, bed.tc_attach)
     };
     let mut dp = Datapath::open(&config).expect("datapath");
     let db = bed.db.endpoint(3, DB);
@@ -742,7 +822,7 @@ fn bad_requests_fail_closed_with_clear_errors() {
     assert!(err.to_string().contains("endpoint 77"), "{err}");
     let err = Datapath::open(&DatapathConfig {
         policy_map_max: 10,
-        ..datapath_config(&bed.pins)
+        ..datapath_config(&bed.pins, bed.tc_attach)
     })
     .err()
     .expect("bad size");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cilium_crds::cli::{ConfigDir, parse_duration, run_if_some};
+use cilium_crds::cli::{ConfigDir, parse_duration, parse_listen_addr, run_if_some};
 use cilium_identity::LabelFilter;
 use cilium_kvstore::flags::KvstoreFlags;
 use cilium_operator::FIELD_MANAGER;
@@ -57,10 +57,10 @@ struct Args {
     #[arg(long = "k8s-kubeconfig-path", alias = "kubeconfig")]
     kubeconfig: Option<std::path::PathBuf>,
     /// Address of /healthz and /metrics.
-    #[arg(long = "operator-api-serve-addr", default_value = "127.0.0.1:9234")]
+    #[arg(long = "operator-api-serve-addr", default_value = "127.0.0.1:9234", value_parser = parse_listen_addr)]
     api_addr: SocketAddr,
     /// A second address serving /metrics to Prometheus (Cilium's `:9963`); off when unset.
-    #[arg(long = "operator-prometheus-serve-addr")]
+    #[arg(long = "operator-prometheus-serve-addr", value_parser = parse_listen_addr)]
     prometheus_addr: Option<SocketAddr>,
     /// Holder identity in the Lease (default: hostname and a random suffix).
     #[arg(long, env = "CILIUM_OPERATOR_ID")]

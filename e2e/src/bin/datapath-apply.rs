@@ -2,7 +2,7 @@
 //! endpoints given on the command line with their ingress policy, fills the ipcache, and
 //! exits — leaving enforcement to the pinned programs and maps.
 //!
-//! datapath-apply --bpffs-root DIR
+//! datapath-apply --bpffs-root DIR [--tc-attach tcx|netlink]
 //!     [--endpoint ID:IFNAME:IPV4:IDENTITY]...
 //!     [--ipcache CIDR=IDENTITY]...
 //!     [--allow-ingress ENDPOINT_ID:PEER_IDENTITY:PROTOCOL:PORT]...
@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, process::ExitCode};
 
 use cilium_datapath::{
     Datapath, DatapathConfig, Direction, Endpoint, IpcacheEntry, L4Match, PolicyKey, PolicyMap,
-    Verdict,
+    TcAttachMode, Verdict,
 };
 use ipnet::IpNet;
 
@@ -45,6 +45,13 @@ fn run() -> Result<(), String> {
         let mut parts = value.split(':');
         match flag.as_str() {
             "--bpffs-root" => config.bpffs_root = PathBuf::from(&value),
+            "--tc-attach" => {
+                config.tc_attach = match value.as_str() {
+                    "tcx" => TcAttachMode::Tcx,
+                    "netlink" => TcAttachMode::Netlink,
+                    other => return Err(format!("--tc-attach {other}: tcx or netlink")),
+                }
+            }
             "--endpoint" => endpoints.push(Endpoint {
                 id: field(parts.next(), "endpoint id", &value)?,
                 ifname: field(parts.next(), "interface", &value)?,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use cilium_agent_api::delete_queue::DeleteQueue;
 use cilium_agent_api::{
     BpfEndpointModel, ClusterHealth, CtEntryModel, EndpointChangeRequest, EndpointModel,
     EndpointRef, EndpointStateName, Health, HealthState, IpamAllocation, IpamStatus,
@@ -518,6 +519,39 @@ impl Agent {
         self.changed.wake();
         self.endpoint_updates.send_replace(());
         Ok(model)
+    }
+
+    /// Uninstall: every program detached and every pin removed. The pods keep their
+    /// interfaces and addresses; nothing enforces their policy any more.
+    pub fn remove_datapath(&self) -> Result<(), AgentError> {
+        let state = self.lock();
+        state.datapath.remove_pins()?;
+        tracing::info!(pins = %state.datapath.pin_dir().display(), "pinned datapath removed");
+        Ok(())
+    }
+
+    /// Deletes the endpoints whose CNI DEL was queued while the agent was down (Cilium's
+    /// `processQueuedDeletes`); the number deleted. An entry whose deletion fails stays
+    /// queued for the next start.
+    pub fn process_queued_deletes(&self, queue: &DeleteQueue) -> Result<usize, AgentError> {
+        let queued = queue
+            .queued()
+            .map_err(|e| AgentError::Unavailable(e.to_string()))?;
+        let mut deleted = 0;
+        for container_id in queued {
+            match self.delete_endpoint(&EndpointRef::ContainerId(container_id.clone())) {
+                Ok(_) => deleted += 1,
+                Err(AgentError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(container = %container_id, error = %e, "a queued CNI deletion failed; it stays queued");
+                    continue;
+                }
+            }
+            if let Err(e) = queue.done(&container_id) {
+                tracing::warn!(container = %container_id, error = %e, "removing a queued CNI deletion failed");
+            }
+        }
+        Ok(deleted)
     }
 
     /// Waits until endpoint `reference` is ready (identity resolved, its policy in the

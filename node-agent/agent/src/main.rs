@@ -6,14 +6,16 @@ use anyhow::Context;
 use cilium_agent::agent::{Agent, AgentSettings};
 use cilium_agent::api::ApiContext;
 use cilium_agent::clustermesh::{ClusterMesh, MeshSettings};
+use cilium_agent::cni_conf::CniConf;
 use cilium_agent::controllers;
 use cilium_agent::endpoints::StateDir;
 use cilium_agent::kvstore::Kvstore;
 use cilium_agent::node::Registration;
 use cilium_agent::policy::PolicyState;
 use cilium_agent::sync::{Caches, Reconciler};
+use cilium_agent_api::delete_queue::{self, DeleteQueue};
 use cilium_crds::cache::Waker;
-use cilium_crds::cli::{ConfigDir, parse_duration, run_if_some};
+use cilium_crds::cli::{ConfigDir, parse_duration, parse_listen_addr, run_if_some};
 use cilium_datapath::{Datapath, DatapathConfig};
 use cilium_identity::LabelFilter;
 use cilium_kvstore::flags::KvstoreFlags;
@@ -78,6 +80,10 @@ struct Args {
     /// Address of `GET /metrics` for Prometheus (e.g. `:9962`); off when unset.
     #[arg(long = "prometheus-serve-addr", value_parser = parse_listen_addr)]
     prometheus_addr: Option<std::net::SocketAddr>,
+    /// Attach endpoint programs with TCX links where the kernel has them (6.6+); false, or
+    /// an older kernel: classic tc (clsact qdisc, cls_bpf through netlink). Cilium's flag.
+    #[arg(long = "enable-tcx", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    enable_tcx: bool,
     /// Attach the XDP prefilter (source CIDRs dropped before the stack) to `--devices`.
     #[arg(long = "enable-xdp-prefilter", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     xdp_prefilter: bool,
@@ -94,6 +100,25 @@ struct Args {
     /// policy before failing with "try again later" (ours: Cilium's plugin waits unbounded).
     #[arg(long = "endpoint-sync-build-timeout", default_value = "30s", value_parser = parse_duration)]
     sync_build_timeout: Duration,
+    /// Install the CNI configuration `--read-cni-conf` at this path once the agent can serve
+    /// ADD (Cilium's flag): the runtime calls no plugin before then.
+    #[arg(long = "write-cni-conf-when-ready")]
+    write_cni_conf_when_ready: Option<PathBuf>,
+    /// The agent's DaemonSet: when it is deleted (an uninstall), the agent that stops
+    /// removes the CNI configuration and its pinned datapath (not a Cilium flag: Cilium
+    /// leaves them behind).
+    #[arg(long = "agent-daemonset-name")]
+    daemonset_name: Option<String>,
+    /// The namespace the agent runs in (its DaemonSet's).
+    #[arg(
+        long = "k8s-namespace",
+        env = "CILIUM_K8S_NAMESPACE",
+        default_value = "kube-system"
+    )]
+    namespace: String,
+    /// The CNI configuration `--write-cni-conf-when-ready` installs.
+    #[arg(long = "read-cni-conf")]
+    read_cni_conf: Option<PathBuf>,
     #[command(flatten)]
     config: ConfigDir,
 }
@@ -102,16 +127,6 @@ struct Args {
 async fn main() -> std::process::ExitCode {
     cilium_crds::cli::init_logging();
     cilium_crds::cli::exit_code("cilium-agent", run(cilium_crds::cli::parse_args()).await)
-}
-
-/// `host:port`, or `:port` for every address (Go's form, as Cilium's flags take it).
-fn parse_listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
-    let full = match text.strip_prefix(':') {
-        Some(port) => format!("0.0.0.0:{port}"),
-        None => text.to_owned(),
-    };
-    full.parse()
-        .map_err(|e| format!("{text:?} is not an address like :9962 or 127.0.0.1:9962: {e}"))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -125,6 +140,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     {
         anyhow::bail!("--clustermesh-config {}: not a directory", dir.display());
     }
+    let cni_conf = match (&args.write_cni_conf_when_ready, &args.read_cni_conf) {
+        (Some(destination), Some(source)) => {
+            Some(CniConf::checked(source.clone(), destination.clone()).context("--read-cni-conf")?)
+        }
+        (None, None) => None,
+        (Some(_), None) => anyhow::bail!("--write-cni-conf-when-ready needs --read-cni-conf"),
+        (None, Some(_)) => anyhow::bail!("--read-cni-conf needs --write-cni-conf-when-ready"),
+    };
     if args.xdp_prefilter && args.devices.is_empty() {
         anyhow::bail!("--enable-xdp-prefilter needs --devices (the devices to attach it to)");
     }
@@ -132,6 +155,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let datapath_config = DatapathConfig {
         bpffs_root: args.bpf_root.clone(),
         policy_map_max: args.policy_map_max,
+        tc_attach: cilium_datapath::TcAttachMode::probe(args.enable_tcx),
         ..Default::default()
     };
     let store = StateDir::open(&args.state_dir)?;
@@ -141,7 +165,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let taken = datapath
         .reattach_pinned()
         .context("taking over pinned programs")?;
-    tracing::info!(taken, pins = %datapath.pin_dir().display(), "datapath ready");
+    tracing::info!(taken, pins = %datapath.pin_dir().display(), attach = datapath.tc_attach().name(), "datapath ready");
     let prefilter_devices = if args.xdp_prefilter {
         args.devices.clone()
     } else {
@@ -179,7 +203,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )?);
     let restored = agent.restore()?;
     tracing::info!(restored, "endpoints restored");
+    let queue = DeleteQueue::new(delete_queue::dir_for_socket(&args.socket_path));
+    let deleted = agent.process_queued_deletes(&queue)?;
+    tracing::info!(deleted, "queued CNI deletions done");
 
+    let owner_gone = args.daemonset_name.as_deref().map(|name| {
+        cilium_agent::uninstall::watch_daemonset(client.clone(), &args.namespace, name)
+    });
     let kvstore = etcd.map(|config| Arc::new(Kvstore::new(config, agent.clone())));
     if let Some(kvstore) = &kvstore {
         tokio::spawn(kvstore.clone().watch_health());
@@ -228,6 +258,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         policy,
         mesh,
         network_policies_logged: Default::default(),
+        cni_conf: cni_conf.clone(),
     };
     let health = cilium_agent::api::serve_health(args.health_port, agent.clone()).await?;
     let cluster_health = match args.cluster_health_port {
@@ -257,7 +288,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         served = run_if_some(metrics) => served.context("metrics server")?,
         served = run_if_some(cluster_health) => served.context("cluster health server")?,
         reconciled = reconciler.run() => reconciled?,
-        _ = shutdown_signal() => tracing::info!("shutting down; endpoints stay enforced by the pinned datapath"),
+        _ = shutdown_signal() => {
+            if owner_gone.as_ref().is_some_and(|gone| gone.is_gone()) {
+                tracing::info!("uninstalled: removing the CNI configuration and the pinned datapath");
+                if let Some(conf) = &cni_conf {
+                    conf.remove()?;
+                }
+                agent.remove_datapath()?;
+            } else {
+                tracing::info!("shutting down; endpoints stay enforced by the pinned datapath");
+            }
+        }
     }
     Ok(())
 }

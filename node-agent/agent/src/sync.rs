@@ -26,6 +26,7 @@ use serde_json::json;
 
 use crate::agent::Agent;
 use crate::clustermesh::{ClusterMesh, RemoteCache};
+use crate::cni_conf::CniConf;
 use crate::endpoints::EndpointRecord;
 use crate::policy::{PolicyState, Validity};
 use crate::{cep, controllers, ipcache, routes, services};
@@ -141,6 +142,8 @@ pub struct Reconciler {
     pub mesh: Option<Arc<ClusterMesh>>,
     /// The validity last logged for each NetworkPolicy.
     pub network_policies_logged: std::sync::Mutex<BTreeMap<PolicyRef, Validity>>,
+    /// The CNI configuration installed once the caches synced (ADD is served from then on).
+    pub cni_conf: Option<CniConf>,
 }
 
 impl Reconciler {
@@ -152,6 +155,10 @@ impl Reconciler {
         }
         self.agent.set_synced();
         tracing::info!("caches synced");
+        if let Some(conf) = &self.cni_conf {
+            conf.install()?;
+            tracing::info!(path = %conf.destination.display(), "CNI configuration installed");
+        }
         let netlink = Netlink::connect()?;
         let mut next_gc = Instant::now() + self.ct_gc_interval;
         loop {

@@ -5,6 +5,7 @@
 //! `container-id:<id>`, which makes creation idempotent for a runtime that retries.
 
 mod client;
+pub mod delete_queue;
 mod inspect;
 mod models;
 

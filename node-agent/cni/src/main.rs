@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
+use cilium_agent_api::delete_queue::{self, DeleteQueue};
 use cilium_agent_api::{Client, DEFAULT_SOCKET_PATH};
 use cilium_cni::request::{self, Command};
 use cilium_cni::result::{self, CniError, codes};
@@ -62,13 +63,13 @@ fn run(
         return Ok(Some(result::version_json(version)));
     }
     let request: Request = request::request(env, stdin)?;
-    let client = Client::new(
-        request
-            .conf
-            .socket_path
-            .clone()
-            .unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
-    );
+    let socket_path = request
+        .conf
+        .socket_path
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SOCKET_PATH.into());
+    let queue = DeleteQueue::new(delete_queue::dir_for_socket(&socket_path));
+    let client = Client::new(socket_path);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -78,7 +79,7 @@ fn run(
             Command::Add => plugin::add(&request, &client)
                 .await
                 .map(|r| Some(r.to_json(&request.conf.cni_version))),
-            Command::Del => plugin::del(&request, &client).await.map(|()| None),
+            Command::Del => plugin::del(&request, &client, &queue).await.map(|()| None),
             Command::Check => plugin::check(&request, &client).await.map(|()| None),
             Command::Version => Ok(Some(result::version_json(version))),
         }

@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
+use cilium_agent_api::delete_queue::DeleteQueue;
 use cilium_agent_api::{Client, ClientError, EndpointChangeRequest, EndpointRef, IpamAllocation};
 use cilium_netdev::{Netlink, Route};
 use ipnet::IpNet;
@@ -163,12 +164,25 @@ async fn wire(
 }
 
 /// Removes the endpoint (the agent releases its address) and the veth; what is already
-/// gone is not an error.
-pub async fn del(request: &Request, client: &Client) -> Result<(), CniError> {
-    client
+/// gone is not an error. With the agent down, the deletion is queued for it (Cilium's
+/// delete queue) and the veth removed now: the runtime sees a finished DEL.
+pub async fn del(request: &Request, client: &Client, queue: &DeleteQueue) -> Result<(), CniError> {
+    match client
         .delete_endpoint(&EndpointRef::ContainerId(request.container_id.clone()))
         .await
-        .map_err(|e| agent_error("deleting the endpoint", e))?;
+    {
+        Ok(_) => {}
+        Err(ClientError::Unreachable { .. }) => {
+            queue.enqueue(&request.container_id).map_err(|e| {
+                CniError::new(
+                    codes::IO_FAILURE,
+                    "cilium-agent is not reachable and the deletion could not be queued",
+                    e.to_string(),
+                )
+            })?;
+        }
+        Err(e) => return Err(agent_error("deleting the endpoint", e)),
+    }
     let host = Netlink::connect().map_err(|e| netdev_error("netlink", e))?;
     host.delete_link(&request.host_ifname())
         .await

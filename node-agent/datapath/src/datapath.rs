@@ -24,6 +24,7 @@ use aya::{
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
+use crate::tc::{self, TcAttachMode};
 use crate::{
     Error, abi, addr, bpffs,
     events::VerdictEvent,
@@ -67,6 +68,8 @@ pub struct DatapathConfig {
     /// Entries per endpoint policy map (Cilium's `bpf-policy-map-max`, 256..=65536).
     pub policy_map_max: u32,
     pub ct_timeouts: CtTimeouts,
+    /// How new endpoints' programs are attached.
+    pub tc_attach: TcAttachMode,
 }
 
 impl Default for DatapathConfig {
@@ -75,6 +78,7 @@ impl Default for DatapathConfig {
             bpffs_root: PathBuf::from(bpffs::DEFAULT_ROOT),
             policy_map_max: abi::POLICY_MAP_SIZE,
             ct_timeouts: CtTimeouts::default(),
+            tc_attach: TcAttachMode::probe(true),
         }
     }
 }
@@ -177,6 +181,7 @@ type PolicyTrie = LpmTrie<MapData, abi::PolicyKey, abi::PolicyEntry>;
 pub struct Datapath {
     pins: PathBuf,
     policy_map_max: u32,
+    tc_attach: TcAttachMode,
     lxc: Ebpf,
     xdp: Ebpf,
     ipcache: LpmTrie<MapData, abi::IpcacheKey, abi::RemoteEndpointInfo>,
@@ -486,15 +491,39 @@ impl Datapath {
             prefilter_stats: take(&mut xdp, "cilium_prefilter_stats")?,
             pins,
             policy_map_max: config.policy_map_max,
+            tc_attach: config.tc_attach,
             lxc,
             xdp,
         };
-        info!(pins = %datapath.pins.display(), "datapath loaded");
+        info!(pins = %datapath.pins.display(), attach = datapath.tc_attach.name(), "datapath loaded");
         Ok(datapath)
     }
 
     pub fn pin_dir(&self) -> &Path {
         &self.pins
+    }
+
+    /// Removes every pin (links, maps) of this datapath, for an uninstall: the programs
+    /// detach and the maps are freed once this process closes its descriptors.
+    pub fn remove_pins(&self) -> Result<(), Error> {
+        // Netlink filters are not pinned: they are taken off each endpoint's veth.
+        for ifname in self.endpoint_ifnames(|_| true)? {
+            for (_, program, hook) in Self::endpoint_links(0) {
+                tc::detach_netlink(&ifname, hook, program)?;
+            }
+        }
+        let remove = |dir: &Path| match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(link_error(dir)(e.to_string()))
+            }
+            _ => Ok(()),
+        };
+        remove(&self.pins)?;
+        // `<root>/cilium-rs`, if no other pin version is left in it.
+        if let Some(parent) = self.pins.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        Ok(())
     }
 
     fn link_path(&self, name: &str) -> PathBuf {
@@ -518,6 +547,11 @@ impl Datapath {
 
     fn policy_pin(&self, id: u16) -> PathBuf {
         self.pins.join(policy_map_name(id))
+    }
+
+    /// How new endpoints' programs are attached.
+    pub fn tc_attach(&self) -> TcAttachMode {
+        self.tc_attach
     }
 
     /// Swaps this process's programs into every link a previous agent pinned, atomically
@@ -614,7 +648,12 @@ impl Datapath {
 
         for (link, program, hook) in Self::endpoint_links(id) {
             let path = self.link_path(&link);
-            attach_tc(&mut self.lxc, program, &endpoint.ifname, hook, &path)?;
+            // A pinned TCX link stays one whatever the mode: it is swapped in place.
+            if self.tc_attach == TcAttachMode::Tcx || path.exists() {
+                attach_tc(&mut self.lxc, program, &endpoint.ifname, hook, &path)?;
+            } else {
+                tc::attach_netlink(&mut self.lxc, program, &endpoint.ifname, hook)?;
+            }
         }
         debug!(id, ifname = %endpoint.ifname, ifindex, "endpoint attached");
         Ok(change)
@@ -623,8 +662,12 @@ impl Datapath {
     /// Unwires an endpoint: programs detached, addresses and policy map removed. Safe to call
     /// for an endpoint that is partly or not at all wired.
     pub fn detach_endpoint(&mut self, id: u16) -> Result<(), Error> {
-        for (link, _, _) in Self::endpoint_links(id) {
+        let ifnames = self.endpoint_ifnames(|lxc_id| lxc_id == id)?;
+        for (link, program, hook) in Self::endpoint_links(id) {
             unpin_link(&self.link_path(&link))?;
+            for ifname in &ifnames {
+                tc::detach_netlink(ifname, hook, program)?;
+            }
         }
         let keys = self.endpoint_keys(id)?;
         // The endpoint's connections go with it: a pod that gets the address next must not
@@ -653,6 +696,20 @@ impl Datapath {
         }
         debug!(id, scrubbed, "endpoint detached");
         Ok(())
+    }
+
+    /// The interfaces of the endpoints `wanted` selects (by id), as they still exist.
+    fn endpoint_ifnames(&self, wanted: impl Fn(u16) -> bool) -> Result<BTreeSet<String>, Error> {
+        let mut names = BTreeSet::new();
+        for item in self.endpoints.iter() {
+            let (_, info) = item.map_err(Error::map("cilium_lxc"))?;
+            if wanted(info.lxc_id)
+                && let Ok(name) = nix::net::if_::if_indextoname(info.ifindex)
+            {
+                names.insert(name.to_string_lossy().into_owned());
+            }
+        }
+        Ok(names)
     }
 
     fn endpoint_keys(&self, id: u16) -> Result<Vec<abi::EndpointKey>, Error> {

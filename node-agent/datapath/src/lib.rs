@@ -3,7 +3,8 @@
 //! them — endpoints, ipcache, per-endpoint policy (applied as a diff), the XDP prefilter,
 //! counters, verdict events and connection tracking.
 //!
-//! Restart safety: programs stay attached through pinned links while no agent runs; a new
+//! Restart safety: programs stay attached through pinned links (or, before TCX, netlink
+//! filters; see [`TcAttachMode`]) while no agent runs; a new
 //! [`Datapath::open`] reuses the pinned maps (after checking their shape) and
 //! [`Datapath::reattach_pinned`] swaps the new programs in atomically, so enforcement never
 //! pauses.
@@ -14,6 +15,7 @@ mod bpffs;
 mod datapath;
 pub mod events;
 pub mod policy;
+mod tc;
 
 use std::path::PathBuf;
 
@@ -24,6 +26,7 @@ pub use datapath::{
 };
 pub use events::{EventKind, VerdictEvent, reason_name};
 pub use policy::{Direction, L4Match, PolicyKey, PolicyMap, Verdict};
+pub use tc::TcAttachMode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
