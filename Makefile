@@ -2,7 +2,7 @@
 # kube-apiserver, formatting and lints) and installs what it needs first.
 CARGO ?= cargo
 
-.PHONY: all deps build cni-static test unit e2e bench lint lint-chart crds cluster-in-a-box demo demo-clustermesh image clean
+.PHONY: all deps build cni-static test unit e2e bench lint lint-chart crds cluster-in-a-box demo demo-clustermesh demo-kubelet image clean
 
 all: build
 
@@ -75,6 +75,11 @@ demo: deps
 demo-clustermesh: deps
 	$(CARGO) build -q --workspace --bins
 	./target/debug/demo-clustermesh $(DEMO_FLAGS)
+
+## demo-kubelet: the protected-db story on real nodes (kubelet + containerd, the chart as pods); DEMO_FLAGS=--exit stops after printing
+demo-kubelet: deps cni-static
+	$(CARGO) build -q --workspace --bins
+	./target/debug/demo-kubelet $(DEMO_FLAGS)
 
 clean:
 	$(CARGO) clean

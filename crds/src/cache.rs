@@ -140,9 +140,19 @@ pub fn reflect_endpoint_slices(client: &Client, wakers: Vec<Waker>) -> Store<End
 pub struct EndpointSliceV1Beta1 {
     pub metadata: ObjectMeta,
     pub address_type: String,
-    #[serde(default)]
+    /// Kubernetes 1.20's controller-manager writes `null` for a slice without endpoints
+    /// (a headless Service's IPv6 slice): an empty list.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub endpoints: Vec<Endpoint>,
     pub ports: Option<Vec<EndpointPort>>,
+}
+
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl From<EndpointSliceV1Beta1> for EndpointSlice {
@@ -206,5 +216,17 @@ mod tests {
             EndpointSliceV1Beta1::api_version(&()),
             "discovery.k8s.io/v1beta1"
         );
+    }
+
+    #[test]
+    fn a_v1beta1_slice_with_null_endpoints_is_empty() {
+        // As kube-controller-manager v1.20.2 writes a headless Service's IPv6 slice.
+        let legacy: EndpointSliceV1Beta1 = serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+            "metadata": {"name": "db-x", "namespace": "default"},
+            "addressType": "IPv6", "endpoints": null, "ports": null,
+        }))
+        .expect("null endpoints read");
+        assert!(legacy.endpoints.is_empty());
     }
 }

@@ -162,7 +162,7 @@ fn sweep_dead_processes_leftovers() {
         .flatten();
     for entry in namespaces {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = ["node-", "pod-", "lan-"]
+        let ours = ["node-", "pod-", "lan-", "rnode-"]
             .iter()
             .any(|p| name.starts_with(p));
         if ours && owner_is_dead(&name) {

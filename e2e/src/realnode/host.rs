@@ -166,36 +166,56 @@ pub fn cgroup_name(bed: &str, node: &str) -> String {
     format!("cilium-rs-{bed}-{node}")
 }
 
+fn is_dead(pid: u32) -> bool {
+    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The pid a bed name (`<pid>-<n>`) starts with.
+fn bed_pid(name: &str) -> Option<u32> {
+    name.split('-').next().and_then(|p| p.parse().ok())
+}
+
 /// Undoes what beds of dead test processes left: their pods and shims are killed, their
 /// cgroups removed, the tunables restored, their directories deleted. (Their daemons died
-/// with the process: every one is started with a parent-death signal.)
+/// with the process: every one is started with a parent-death signal.) Shims and cgroups
+/// are found by name, so they go even when the bed's directory is already gone.
 pub fn sweep_dead_beds() {
+    let root = beds_root().to_string_lossy().into_owned();
+    let prefix = format!("-address {root}/");
+    kill_matching(|cmdline| {
+        cmdline.contains("containerd-shim")
+            && cmdline
+                .split_once(&prefix)
+                .and_then(|(_, rest)| bed_pid(rest))
+                .is_some_and(is_dead)
+    });
+    let mut dead_groups = std::collections::BTreeSet::new();
+    for hierarchy in hierarchies() {
+        let Ok(groups) = std::fs::read_dir(&hierarchy) else {
+            continue;
+        };
+        for group in groups.flatten() {
+            let group = group.file_name().to_string_lossy().into_owned();
+            if group
+                .strip_prefix("cilium-rs-")
+                .and_then(bed_pid)
+                .is_some_and(is_dead)
+            {
+                dead_groups.insert(group);
+            }
+        }
+    }
+    for group in dead_groups {
+        remove_cgroup(&group);
+    }
     let Ok(entries) = std::fs::read_dir(beds_root()) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
+        if bed_pid(&name).is_some_and(is_dead) {
+            restore_sysctls(&entry.path().join("sysctl.orig"));
+            let _ = std::fs::remove_dir_all(entry.path());
         }
-        let dir = entry.path();
-        let prefix = dir.to_string_lossy().into_owned();
-        kill_matching(|cmdline| cmdline.contains("containerd-shim") && cmdline.contains(&prefix));
-        for hierarchy in hierarchies() {
-            let Ok(groups) = std::fs::read_dir(&hierarchy) else {
-                continue;
-            };
-            for group in groups.flatten() {
-                let group = group.file_name().to_string_lossy().into_owned();
-                if group.starts_with(&format!("cilium-rs-{name}-")) {
-                    remove_cgroup(&group);
-                }
-            }
-        }
-        restore_sysctls(&dir.join("sysctl.orig"));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

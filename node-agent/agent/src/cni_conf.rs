@@ -120,8 +120,13 @@ mod tests {
         let conf = CniConf::checked(source, destination.clone()).expect("in the test");
         assert!(!destination.exists(), "written before install");
         conf.install().expect("in the test");
-        assert_eq!(std::fs::read_to_string(&destination).expect("in the test"), text);
-        let names: Vec<_> = std::fs::read_dir(dir.join("net.d")).expect("in the test").collect();
+        assert_eq!(
+            std::fs::read_to_string(&destination).expect("in the test"),
+            text
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.join("net.d"))
+            .expect("in the test")
+            .collect();
         assert_eq!(names.len(), 1, "a temporary file is left");
         conf.remove().expect("in the test");
         conf.remove().expect("in the test");

@@ -377,7 +377,18 @@ fn attach_tc(
         Some(old) => {
             let link =
                 SchedClassifierLink::try_from(old).map_err(|e| link_error(path)(e.to_string()))?;
-            program.attach_to_link(link)
+            match program.attach_to_link(link) {
+                // The link's interface is gone (its pod was deleted while no agent ran):
+                // the kernel detached it; only the pin is left.
+                Err(ProgramError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(nix::errno::Errno::ENOLINK as i32) =>
+                {
+                    return Err(Error::DefunctLink {
+                        path: path.to_owned(),
+                    });
+                }
+                other => other,
+            }
         }
         None => program.attach_with_options(
             ifname,
@@ -565,16 +576,23 @@ impl Datapath {
             let entry = entry.map_err(|e| link_error(&dir)(e.to_string()))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            if name.ends_with("_from_container") {
-                attach_tc(
-                    &mut self.lxc,
-                    FROM_CONTAINER,
-                    "",
-                    TcAttachType::Ingress,
-                    &path,
-                )?;
+            let endpoint_link = if name.ends_with("_from_container") {
+                Some((FROM_CONTAINER, TcAttachType::Ingress))
             } else if name.ends_with("_to_container") {
-                attach_tc(&mut self.lxc, TO_CONTAINER, "", TcAttachType::Egress, &path)?;
+                Some((TO_CONTAINER, TcAttachType::Egress))
+            } else {
+                None
+            };
+            if let Some((program, hook)) = endpoint_link {
+                match attach_tc(&mut self.lxc, program, "", hook, &path) {
+                    Ok(()) => {}
+                    Err(Error::DefunctLink { path }) => {
+                        warn!(path = %path.display(), "the link's interface is gone; its pin is removed");
+                        unpin_link(&path)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             } else if name.starts_with("xdp_") {
                 attach_xdp(&mut self.xdp, "", &path)?;
             } else {

@@ -56,6 +56,8 @@ pub enum Error {
         name: String,
         source: aya::maps::MapError,
     },
+    #[error("link {path}: its interface is gone (the kernel detached it)")]
+    DefunctLink { path: PathBuf },
     #[error("link {path}: {reason}")]
     Link { path: PathBuf, reason: String },
     #[error("interface {name}: {reason}")]
