@@ -25,7 +25,8 @@ pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 /// The IPv6 router address on every host-side veth.
 pub const ROUTER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
 
-fn run(command: &mut Command) -> Result<Output, Error> {
+/// Runs `command`; its output, or an error with its stderr when it fails.
+pub(crate) fn run(command: &mut Command) -> Result<Output, Error> {
     let shown = format!("{command:?}");
     let output = command.output().map_err(|e| Error::io(shown.clone(), e))?;
     if !output.status.success() {

@@ -32,6 +32,19 @@ fn pods_ready(cluster: &RealCluster, namespace: &str, selector: &str, count: usi
     )
 }
 
+fn assert_all_reach(cluster: &RealCluster, clients: &[&PodRef], dbs: &[PodRef], when: &str) {
+    for client in clients {
+        for db in dbs {
+            assert!(
+                cluster.reaches(client, db.ip.expect("ip"), REDIS),
+                "{} does not reach {} {when}",
+                client.name,
+                db.name
+            );
+        }
+    }
+}
+
 /// How many of `tries` requests (every 250 ms) from `from` to `to` got an answer.
 fn answered(cluster: &RealCluster, from: &PodRef, to: &PodRef, tries: usize) -> usize {
     let Some(ip) = to.ip else { return 0 };
@@ -82,18 +95,7 @@ fn the_chart_runs_on_real_nodes() {
         assert!(conflist.exists(), "{}: no conflist", node.name);
     }
     let status = cluster
-        .kubectl_run(
-            &[
-                "exec",
-                "-n",
-                "kube-system",
-                "ds/cilium",
-                "--",
-                "cilium",
-                "status",
-            ],
-            None,
-        )
+        .cilium(&["status"])
         .expect("cilium status in the agent pod");
     assert!(status.contains("v1.20.2"), "{status}");
     assert!(status.contains("Ok"), "{status}");
@@ -117,17 +119,20 @@ fn the_chart_runs_on_real_nodes() {
         let states = cluster.jsonpath(&["get", "cep", "-A"], "{.items[*].status.state}")?;
         (states.split(' ').filter(|s| *s == "ready").count() == 6).then_some(())
     });
+    // A StatefulSet's pods differ only by per-pod labels, which are not identity-relevant.
+    let db_identities = cluster
+        .jsonpath(
+            &["get", "cep", "protected-db-0", "protected-db-1"],
+            "{.items[*].status.identity.id}",
+        )
+        .expect("db CEPs");
+    let ids: Vec<&str> = db_identities.split(' ').collect();
+    assert!(
+        ids.len() == 2 && ids[0] == ids[1],
+        "the db pods' identities: {ids:?}"
+    );
     let clients: Vec<&PodRef> = employees.iter().chain(&istio).chain(&stranger).collect();
-    for client in &clients {
-        for db in &dbs {
-            assert!(
-                cluster.reaches(client, db.ip.expect("ip"), REDIS),
-                "{} does not reach {} before any policy",
-                client.name,
-                db.name
-            );
-        }
-    }
+    assert_all_reach(&cluster, &clients, &dbs, "before any policy");
 
     // The seed's protected-db policy, enforced between real pods across nodes.
     cluster
@@ -150,16 +155,8 @@ fn the_chart_runs_on_real_nodes() {
             })
             .then_some(())
     });
-    for client in employees.iter().chain(&istio) {
-        for db in &dbs {
-            assert!(
-                cluster.reaches(client, db.ip.expect("ip"), REDIS),
-                "{} is shut out of {} by the policy",
-                client.name,
-                db.name
-            );
-        }
-    }
+    let employees_all: Vec<&PodRef> = employees.iter().chain(&istio).collect();
+    assert_all_reach(&cluster, &employees_all, &dbs, "under the policy");
 
     // No policy selects the employees: they reach each other (until `always`, below).
     assert!(cluster.reaches(&employees[0], employees[1].ip.expect("ip"), REDIS));

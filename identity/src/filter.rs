@@ -13,6 +13,11 @@ use crate::labels::{Label, NAMESPACE_LABELS_PREFIX, POD_NAMESPACE, POLICY_CLUSTE
 pub const DEFAULT_EXCLUSIONS: &[&str] = &[
     r"!io\.kubernetes",
     r"!kubernetes\.io",
+    // Per-pod labels the StatefulSet and indexed-Job controllers add: each pod would get an
+    // identity of its own (Cilium excludes them too).
+    r"!statefulset\.kubernetes\.io/pod-name",
+    r"!apps\.kubernetes\.io/pod-index",
+    r"!batch\.kubernetes\.io/job-completion-index",
     r"!.*beta\.kubernetes\.io",
     r"!k8s\.io",
     r"!pod-template-generation",
@@ -152,6 +157,9 @@ mod tests {
             "k8s.io/foo",
             "annotation.x",
             "etcd_node",
+            "statefulset.kubernetes.io/pod-name",
+            "apps.kubernetes.io/pod-index",
+            "batch.kubernetes.io/job-completion-index",
         ] {
             assert!(!relevant(&f, dropped), "{dropped} is dropped");
         }

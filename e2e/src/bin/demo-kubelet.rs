@@ -36,9 +36,15 @@ fn run(exit_at_once: bool) -> anyhow::Result<()> {
     let wanted = 6;
     e2e::process::poll(Duration::from_secs(120), || {
         let states = cluster.jsonpath(&["get", "cep", "-A"], "{.items[*].status.state}")?;
-        (states.split(' ').filter(|s| *s == "ready").count() == wanted).then_some(())
+        let ready = cluster.jsonpath(
+            &["get", "pods", "-A", "-l", "app"],
+            "{.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+        )?;
+        (states.split(' ').filter(|s| *s == "ready").count() == wanted
+            && ready.split(' ').filter(|s| *s == "True").count() == wanted)
+            .then_some(())
     })
-    .ok_or_else(|| anyhow::anyhow!("the workloads' endpoints did not get ready"))?;
+    .ok_or_else(|| anyhow::anyhow!("the workloads did not get ready"))?;
     let policy = repo.join("examples/policies/protected-db.yaml");
     let dbs = cluster.pods("default", "app=protected-db")?;
     let clients: Vec<_> = [
@@ -73,26 +79,27 @@ fn run(exit_at_once: bool) -> anyhow::Result<()> {
         &["apply", "-n", "default", "-f", &policy.to_string_lossy()],
         None,
     )?;
-    std::thread::sleep(Duration::from_secs(3));
+    let stranger = clients
+        .last()
+        .ok_or_else(|| anyhow::anyhow!("no stranger pod"))?;
+    e2e::process::poll(Duration::from_secs(60), || {
+        dbs.iter()
+            .all(|db| db.ip.is_some_and(|ip| !cluster.reaches(stranger, ip, 6379)))
+            .then_some(())
+    })
+    .ok_or_else(|| anyhow::anyhow!("the policy did not take effect"))?;
     matrix("with examples/policies/protected-db.yaml:");
     for args in [
         vec!["get", "nodes", "-o", "wide"],
         vec!["get", "pods", "-A", "-o", "wide"],
         vec!["get", "ciliumendpoints", "-A"],
         vec!["get", "ciliumnodes"],
-        vec![
-            "exec",
-            "-n",
-            "kube-system",
-            "ds/cilium",
-            "--",
-            "cilium",
-            "status",
-        ],
     ] {
         println!("\n$ kubectl {}", args.join(" "));
         print!("{}", cluster.kubectl_run(&args, None)?);
     }
+    println!("\n$ kubectl exec -n kube-system ds/cilium -- cilium status");
+    print!("{}", cluster.cilium(&["status"])?);
     println!("\nKUBECONFIG={kubeconfig} kubectl get pods -A");
     if !exit_at_once {
         println!("running; Ctrl-C stops it");

@@ -24,15 +24,7 @@ pub struct Images {
 }
 
 fn run(command: &mut Command) -> Result<String, Error> {
-    let shown = format!("{command:?}");
-    let output = command.output().map_err(|e| Error::io(shown.clone(), e))?;
-    if !output.status.success() {
-        return Err(Error::Command {
-            command: shown,
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    crate::netns::run(command).map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 /// The chart's `appVersion`: the project image's tag.

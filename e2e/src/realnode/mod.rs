@@ -344,6 +344,13 @@ impl RealCluster {
         Ok(manifest)
     }
 
+    /// `cilium <args>` in an agent pod (`kubectl exec ds/cilium`).
+    pub fn cilium(&self, args: &[&str]) -> Result<String, Error> {
+        let mut all = vec!["exec", "-n", "kube-system", "ds/cilium", "--", "cilium"];
+        all.extend_from_slice(args);
+        self.kubectl_run(&all, None)
+    }
+
     /// The agent pod on `node`.
     pub fn agent_on(&self, node: &str) -> Result<Option<PodRef>, Error> {
         Ok(self
