@@ -294,6 +294,11 @@ impl Agent {
         *self.kvstore.lock().unwrap_or_else(|p| p.into_inner()) = health;
     }
 
+    /// Whether the caches synced (pods' identities and the policies are known).
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+
     pub fn set_synced(&self) {
         self.synced.store(true, Ordering::Relaxed);
     }

@@ -186,15 +186,21 @@ pub async fn serve_health(
                 })?,
         ),
     };
-    let app =
-        Router::new()
-            .route(
-                "/healthz",
-                get(|State(agent): State<Arc<Agent>>| async move {
-                    json(StatusCode::OK, &agent.status())
-                }),
-            )
-            .with_state(agent);
+    let app = Router::new()
+        .route(
+            "/healthz",
+            // The kubelet's probes: not ready (503) until the caches synced, so a node's
+            // agent that cannot serve ADD is not reported Ready (the body says why).
+            get(|State(agent): State<Arc<Agent>>| async move {
+                let code = if agent.is_synced() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                json(code, &agent.status())
+            }),
+        )
+        .with_state(agent);
     Ok(cilium_crds::cli::run_if_some(
         listener.map(|listener| axum::serve(listener, app)),
     ))
