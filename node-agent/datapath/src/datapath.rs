@@ -37,6 +37,12 @@ static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 const FROM_CONTAINER: &str = "cil_from_container";
 const TO_CONTAINER: &str = "cil_to_container";
 const XDP_PREFILTER: &str = "cil_xdp_prefilter";
+/// The programs on each endpoint's veth: the suffix of their pinned link's name, the
+/// program, the hook (the pod's traffic leaves it on the veth's ingress).
+const ENDPOINT_PROGRAMS: [(&str, &str, TcAttachType); 2] = [
+    ("_from_container", FROM_CONTAINER, TcAttachType::Ingress),
+    ("_to_container", TO_CONTAINER, TcAttachType::Egress),
+];
 const BPF_F_NO_PREALLOC: u32 = 1;
 /// Cilium's allowed range for bpf-policy-map-max.
 const POLICY_MAP_MAX_RANGE: std::ops::RangeInclusive<u32> = (1 << 8)..=(1 << 16);
@@ -519,7 +525,7 @@ impl Datapath {
     pub fn remove_pins(&self) -> Result<(), Error> {
         // Netlink filters are not pinned: they are taken off each endpoint's veth.
         for ifname in self.endpoint_ifnames(|_| true)? {
-            for (_, program, hook) in Self::endpoint_links(0) {
+            for (_, program, hook) in ENDPOINT_PROGRAMS {
                 tc::detach_netlink(&ifname, hook, program)?;
             }
         }
@@ -541,19 +547,10 @@ impl Datapath {
         self.pins.join("links").join(name)
     }
 
+    /// Each endpoint's two links: pin name, program, hook.
     fn endpoint_links(id: u16) -> [(String, &'static str, TcAttachType); 2] {
-        [
-            (
-                format!("lxc{id:05}_from_container"),
-                FROM_CONTAINER,
-                TcAttachType::Ingress,
-            ),
-            (
-                format!("lxc{id:05}_to_container"),
-                TO_CONTAINER,
-                TcAttachType::Egress,
-            ),
-        ]
+        ENDPOINT_PROGRAMS
+            .map(|(suffix, program, hook)| (format!("lxc{id:05}{suffix}"), program, hook))
     }
 
     fn policy_pin(&self, id: u16) -> PathBuf {
@@ -576,13 +573,10 @@ impl Datapath {
             let entry = entry.map_err(|e| link_error(&dir)(e.to_string()))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            let endpoint_link = if name.ends_with("_from_container") {
-                Some((FROM_CONTAINER, TcAttachType::Ingress))
-            } else if name.ends_with("_to_container") {
-                Some((TO_CONTAINER, TcAttachType::Egress))
-            } else {
-                None
-            };
+            let endpoint_link = ENDPOINT_PROGRAMS
+                .iter()
+                .find(|(suffix, _, _)| name.ends_with(suffix))
+                .map(|&(_, program, hook)| (program, hook));
             if let Some((program, hook)) = endpoint_link {
                 match attach_tc(&mut self.lxc, program, "", hook, &path) {
                     Ok(()) => {}
