@@ -12,6 +12,7 @@ pub mod cluster;
 mod etcd;
 pub mod mesh;
 pub mod netns;
+pub mod node_bed;
 pub mod operator;
 pub mod pki;
 pub mod process;

@@ -15,84 +15,15 @@ use std::{
 };
 
 use cilium_datapath::{
-    CtTimeouts, Datapath, DatapathConfig, Direction, Endpoint, EventKind, IpcacheEntry, L4Match,
-    PolicyKey, PolicyMap, TcAttachMode, Verdict, VerdictEvent, abi, policy::PROTO_ICMP,
-    policy::PROTO_TCP,
+    Datapath, DatapathConfig, Direction, Endpoint, EventKind, IpcacheEntry, L4Match, PolicyKey,
+    PolicyMap, TcAttachMode, Verdict, VerdictEvent, abi, policy::PROTO_ICMP, policy::PROTO_TCP,
 };
-use e2e::netns::{self, NetNs, Pod, ScratchBpffs};
+use e2e::netns::{NetNs, Pod, ScratchBpffs};
+use e2e::node_bed::{Bed, DB, EMPLOYEE, STRANGER, datapath_config};
 use e2e::traffic::{self, echoes};
 use ipnet::IpNet;
 
-const EMPLOYEE: u32 = 1000;
-const STRANGER: u32 = 1001;
-const DB: u32 = 1002;
 const REDIS: u16 = 6379;
-
-/// The datapath configuration of the tests: pins in `pins`, a 2-second non-TCP lifetime.
-fn datapath_config(pins: &ScratchBpffs, tc_attach: TcAttachMode) -> DatapathConfig {
-    DatapathConfig {
-        bpffs_root: pins.path().to_path_buf(),
-        tc_attach,
-        ct_timeouts: CtTimeouts {
-            non_tcp: Duration::from_secs(2),
-            ..CtTimeouts::default()
-        },
-        ..DatapathConfig::default()
-    }
-}
-
-/// A node with three pods: employee, stranger and the db. The test thread lives in the node.
-struct Bed {
-    pins: ScratchBpffs,
-    tc_attach: TcAttachMode,
-    employee: Pod,
-    stranger: Pod,
-    db: Pod,
-    node: NetNs,
-}
-
-impl Bed {
-    fn new() -> Self {
-        Self::attaching(TcAttachMode::probe(true))
-    }
-
-    fn attaching(tc_attach: TcAttachMode) -> Self {
-        let node = netns::node().expect("node namespace");
-        let employee =
-            netns::add_pod(&node, "lxc-employee", Ipv4Addr::new(10, 200, 1, 1)).expect("pod");
-        let stranger =
-            netns::add_pod(&node, "lxc-stranger", Ipv4Addr::new(10, 200, 1, 2)).expect("pod");
-        let db = netns::add_pod(&node, "lxc-db", Ipv4Addr::new(10, 200, 1, 3)).expect("pod");
-        node.enter_this_thread().expect("enter the node namespace");
-        Bed {
-            pins: ScratchBpffs::new("test"),
-            tc_attach,
-            employee,
-            stranger,
-            db,
-            node,
-        }
-    }
-
-    fn pods(&self) -> [(u16, &Pod, u32); 3] {
-        [
-            (1, &self.employee, EMPLOYEE),
-            (2, &self.stranger, STRANGER),
-            (3, &self.db, DB),
-        ]
-    }
-
-    /// Opens the datapath and wires the three pods with no policy, their IPs in the ipcache.
-    fn datapath(&self) -> Datapath {
-        let mut dp =
-            Datapath::open(&datapath_config(&self.pins, self.tc_attach)).expect("datapath loads");
-        for (id, pod, identity) in self.pods() {
-            pod.wire(&mut dp, id, identity, &PolicyMap::allow_all())
-                .expect("wire the pod");
-        }
-        dp
-    }
-}
 
 fn host(ip: Ipv4Addr) -> IpNet {
     IpNet::from(std::net::IpAddr::V4(ip))
@@ -143,16 +74,24 @@ fn drops(events: &[VerdictEvent], endpoint_id: u16, reason: u8) -> Vec<&VerdictE
         .collect()
 }
 
-#[test]
-fn identity_policy_is_enforced_on_real_traffic() {
-    identity_policy_is_enforced(TcAttachMode::probe(true));
+/// Runs a test once per tc attachment: TCX links where the kernel has them (probed), and the
+/// classic `clsact`/cls_bpf filters of kernels before TCX (or `--enable-tcx=false`).
+macro_rules! in_both_attach_modes {
+    ($body:ident: $tcx:ident, $classic:ident) => {
+        #[test]
+        fn $tcx() {
+            $body(TcAttachMode::probe(true));
+        }
+
+        #[test]
+        fn $classic() {
+            $body(TcAttachMode::Netlink);
+        }
+    };
 }
 
-/// The same on the classic tc attachment (kernels before TCX, or `--enable-tcx=false`).
-#[test]
-fn identity_policy_is_enforced_with_classic_tc() {
-    identity_policy_is_enforced(TcAttachMode::Netlink);
-}
+in_both_attach_modes!(identity_policy_is_enforced:
+    identity_policy_is_enforced_on_real_traffic, identity_policy_is_enforced_with_classic_tc);
 
 fn identity_policy_is_enforced(tc_attach: TcAttachMode) {
     let bed = Bed::attaching(tc_attach);
@@ -370,9 +309,10 @@ fn identity_policy_is_enforced(tc_attach: TcAttachMode) {
     });
 }
 
-#[test]
-fn ipv6_traffic_meets_the_same_policy() {
-    let bed = Bed::new();
+in_both_attach_modes!(ipv6_traffic_meets_the_policy: ipv6_traffic_meets_the_same_policy, ipv6_traffic_meets_the_policy_with_classic_tc);
+
+fn ipv6_traffic_meets_the_policy(tc_attach: TcAttachMode) {
+    let bed = Bed::attaching(tc_attach);
     let mut dp = bed.datapath();
     serve(&bed.db, REDIS);
     let v6_reaches =
@@ -437,12 +377,13 @@ fn neighbour_solicitation(src: std::net::Ipv6Addr, target: std::net::Ipv6Addr) -
     frame
 }
 
-/// A ping of 3,000 bytes is three IPv4 fragments each way: the later ones meet the policy
-/// (and connection tracking) with their first fragment's ports, as in Cilium; they used to
-/// be dropped whatever the policy said.
-#[test]
-fn ipv4_fragments_meet_the_policy_of_their_first() {
-    let bed = Bed::new();
+// A ping of 3,000 bytes is three IPv4 fragments each way: the later ones meet the policy
+// (and connection tracking) with their first fragment's ports, as in Cilium; they used to
+// be dropped whatever the policy said.
+in_both_attach_modes!(fragments_meet_the_policy_of_their_first: ipv4_fragments_meet_the_policy_of_their_first, fragments_meet_the_policy_of_their_first_with_classic_tc);
+
+fn fragments_meet_the_policy_of_their_first(tc_attach: TcAttachMode) {
+    let bed = Bed::attaching(tc_attach);
     let mut dp = bed.datapath();
     let big_ping = |from: &Pod, to: &Pod| {
         from.ns
@@ -541,7 +482,7 @@ fn sctp_frame(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Vec<u8> {
 
 #[test]
 fn xdp_prefilter_drops_denied_sources_and_counts_them() {
-    let bed = Bed::new();
+    let bed = Bed::start();
     let mut dp = bed.datapath();
     // An outside host on a node device.
     let outside = NetNs::new("outside").expect("netns");
@@ -606,17 +547,10 @@ fn xdp_prefilter_drops_denied_sources_and_counts_them() {
     assert!(dp.detach_prefilter("ext0").expect("detach"));
 }
 
-#[test]
-fn enforcement_survives_the_agent_and_a_new_agent_takes_over() {
-    enforcement_survives_the_agent(TcAttachMode::probe(true));
-}
-
-/// The same with netlink filters, which outlive the agent unpinned and are replaced in
-/// place by the next one.
-#[test]
-fn enforcement_survives_the_agent_with_classic_tc() {
-    enforcement_survives_the_agent(TcAttachMode::Netlink);
-}
+// Netlink filters outlive the agent unpinned and are replaced in place by the next one.
+in_both_attach_modes!(enforcement_survives_the_agent:
+    enforcement_survives_the_agent_and_a_new_agent_takes_over,
+    enforcement_survives_the_agent_with_classic_tc);
 
 fn enforcement_survives_the_agent(tc_attach: TcAttachMode) {
     let bed = Bed::attaching(tc_attach);
@@ -756,9 +690,10 @@ fn enforcement_survives_the_agent(tc_attach: TcAttachMode) {
     }
 }
 
-#[test]
-fn bad_requests_fail_closed_with_clear_errors() {
-    let bed = Bed::new();
+in_both_attach_modes!(bad_requests_fail_closed: bad_requests_fail_closed_with_clear_errors, bad_requests_fail_closed_with_classic_tc);
+
+fn bad_requests_fail_closed(tc_attach: TcAttachMode) {
+    let bed = Bed::attaching(tc_attach);
     let config = DatapathConfig {
         policy_map_max: 256,
         ..datapath_config(&bed.pins, bed.tc_attach)
