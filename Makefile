@@ -2,7 +2,7 @@
 # kube-apiserver, formatting and lints) and installs what it needs first.
 CARGO ?= cargo
 
-.PHONY: all deps build cni-static test unit e2e bench lint lint-chart crds cluster-in-a-box demo demo-clustermesh demo-kubelet image clean
+.PHONY: all deps build cni-static test unit e2e conformance bench lint lint-chart crds cluster-in-a-box demo demo-clustermesh demo-kubelet image clean
 
 all: build
 
@@ -35,6 +35,12 @@ unit:
 e2e: deps cni-static
 	$(CARGO) build --workspace --bins
 	$(CARGO) test -p e2e
+
+## conformance: Kubernetes' whole v1.20 NetworkPolicy e2e suite (e2e.test) on the real nodes;
+## `make test` runs four of its specs
+conformance: deps cni-static
+	$(CARGO) build --workspace --bins
+	CILIUM_RS_CONFORMANCE=full $(CARGO) test -p e2e --test conformance -- --nocapture
 
 ## bench: the speed and memory numbers (release build, own cluster-in-a-box; prints, never asserts)
 bench: deps

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything `make test` and `make demo` need on a fresh Debian machine:
-# the apt packages, and the Kubernetes binaries built from Debian's Kubernetes source
-# (cached; see build-kubernetes.sh). Idempotent and quiet when all is present.
+# the apt packages, and the Kubernetes binaries and e2e suite built from Debian's Kubernetes
+# source (cached; see build-kubernetes.sh). Idempotent and quiet when all is present.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -25,6 +25,8 @@ if command -v systemctl >/dev/null 2>&1; then systemctl disable --now etcd >/dev
 pkill -x etcd >/dev/null 2>&1 || true
 
 "$here/build-kubernetes.sh" >/dev/null
+# e2e.test and agnhost: Kubernetes' own NetworkPolicy suite on the real nodes.
+"$here/build-kubernetes.sh" conformance >/dev/null
 
 # Helm's own SDK (no helm binary is installable here) for the chart's lint and render.
 helm_venv=${CILIUM_RS_CACHE:-/var/cache/cilium-rs}/helm-venv

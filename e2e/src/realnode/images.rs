@@ -3,6 +3,8 @@
 //!
 //! - `localhost/pause:1`: the sandbox image (busybox's `sleep infinity`);
 //! - `localhost/busybox:1`: the test pods' image (sh, httpd, wget, nc);
+//! - for the upstream e2e suite, `agnhost` under the name that suite pulls (its binary from
+//!   the conformance build, busybox for the clients' shell);
 //! - the project's image under the chart's name: the Dockerfile's content (every binary,
 //!   the eBPF objects, the conflist) from the local build, with the shared libraries the
 //!   binaries link and busybox for the init container's shell.
@@ -17,6 +19,9 @@ use crate::{Error, io_error as io};
 pub const PROJECT_IMAGE: &str = "ghcr.io/cilium-rs/cilium-rs";
 pub const PAUSE_IMAGE: &str = "localhost/pause:1";
 pub const TEST_IMAGE: &str = "localhost/busybox:1";
+/// The image Kubernetes v1.20's e2e suite runs its pods with (`test/utils/image/manifest.go`).
+pub const AGNHOST_IMAGE: &str = "k8s.gcr.io/e2e-test-images/agnhost";
+pub const AGNHOST_TAG: &str = "2.21";
 
 /// The built archives: (base name for `ctr images import`, OCI archive).
 pub struct Images {
@@ -145,13 +150,28 @@ fn datapath_objects() -> Result<Vec<PathBuf>, Error> {
         .collect())
 }
 
-/// Builds `layout:tag` from a root filesystem filled by `fill`, with `cmd`, and archives
+/// What the image runs: its entrypoint (may be empty) and command.
+struct Run<'a> {
+    entrypoint: &'a [&'a str],
+    cmd: &'a [&'a str],
+}
+
+impl<'a> Run<'a> {
+    fn cmd(cmd: &'a [&'a str]) -> Self {
+        Self {
+            entrypoint: &[],
+            cmd,
+        }
+    }
+}
+
+/// Builds `layout:tag` from a root filesystem filled by `fill`, running `run`, and archives
 /// it to `<dir>/<name>-oci.tar`.
 fn build_image(
     dir: &Path,
     name: &str,
     tag: &str,
-    cmd: &[&str],
+    run_config: Run<'_>,
     fill: impl FnOnce(&Path) -> Result<(), Error>,
 ) -> Result<PathBuf, Error> {
     let layout = dir.join(name);
@@ -170,7 +190,10 @@ fn build_image(
         .arg(&bundle))?;
     let mut config = Command::new("umoci");
     config.args(["config", "--image", &image]);
-    for part in cmd {
+    for part in run_config.entrypoint {
+        config.arg(format!("--config.entrypoint={part}"));
+    }
+    for part in run_config.cmd {
         config.arg(format!("--config.cmd={part}"));
     }
     run(&mut config)?;
@@ -188,11 +211,17 @@ fn build_image(
 }
 
 impl Images {
-    /// Builds the three images into `dir`.
-    pub fn build(dir: &Path) -> Result<Self, Error> {
+    /// Builds the three images into `dir`, and agnhost's with `agnhost` (its binary).
+    pub fn build(dir: &Path, agnhost: Option<&Path>) -> Result<Self, Error> {
         std::fs::create_dir_all(dir).map_err(io("mkdir images"))?;
-        let pause = build_image(dir, "pause", "1", &["/bin/sleep", "infinity"], busybox_root)?;
-        let busybox = build_image(dir, "busybox", "1", &["/bin/sh"], busybox_root)?;
+        let pause = build_image(
+            dir,
+            "pause",
+            "1",
+            Run::cmd(&["/bin/sleep", "infinity"]),
+            busybox_root,
+        )?;
+        let busybox = build_image(dir, "busybox", "1", Run::cmd(&["/bin/sh"]), busybox_root)?;
         let cni = static_cni()?;
         let objects = datapath_objects()?;
         let conflist =
@@ -201,7 +230,7 @@ impl Images {
             dir,
             "cilium-rs",
             &app_version()?,
-            &["cilium-agent", "--help"],
+            Run::cmd(&["cilium-agent", "--help"]),
             |root| {
                 busybox_root(root)?;
                 for name in ["cilium-agent", "cilium-operator", "cilium"] {
@@ -221,12 +250,24 @@ impl Images {
                 Ok(())
             },
         )?;
-        Ok(Self {
-            archives: vec![
-                ("localhost/pause".into(), pause),
-                ("localhost/busybox".into(), busybox),
-                (PROJECT_IMAGE.into(), project),
-            ],
-        })
+        let mut archives = vec![
+            ("localhost/pause".into(), pause),
+            ("localhost/busybox".into(), busybox),
+            (PROJECT_IMAGE.into(), project),
+        ];
+        if let Some(binary) = agnhost {
+            // As upstream's Dockerfile: `/agnhost` is the entrypoint, `pause` the default.
+            let run = Run {
+                entrypoint: &["/agnhost"],
+                cmd: &["pause"],
+            };
+            let image = build_image(dir, "agnhost", AGNHOST_TAG, run, |root| {
+                busybox_root(root)?;
+                std::fs::copy(binary, root.join("agnhost")).map_err(io("copy agnhost"))?;
+                Ok(())
+            })?;
+            archives.push((AGNHOST_IMAGE.into(), image));
+        }
+        Ok(Self { archives })
     }
 }

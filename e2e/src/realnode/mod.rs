@@ -12,6 +12,7 @@
 //! shims, cgroups, the kernel tunables kubelet sets) is undone by the next bed
 //! ([`host::sweep_dead_beds`]).
 
+pub mod conformance;
 pub mod host;
 pub mod images;
 pub mod node;
@@ -53,6 +54,15 @@ pub struct RealCluster {
 impl RealCluster {
     /// Starts the control plane and `count` nodes, registered (not yet Ready: no CNI).
     pub fn start(count: usize) -> Result<Self, Error> {
+        Self::start_with_images(count, None)
+    }
+
+    /// The same, with agnhost's image on the nodes for the upstream e2e suite (its binary).
+    pub fn start_for_conformance(count: usize, agnhost: &Path) -> Result<Self, Error> {
+        Self::start_with_images(count, Some(agnhost))
+    }
+
+    fn start_with_images(count: usize, agnhost: Option<&Path>) -> Result<Self, Error> {
         host::sweep_dead_beds();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let bed = format!(
@@ -106,7 +116,7 @@ impl RealCluster {
         )?;
         cluster.start_controllers(&pki)?;
 
-        let images = Images::build(&dir.join("images"))?;
+        let images = Images::build(&dir.join("images"), agnhost)?;
         host::save_sysctls(&dir.join("sysctl.orig"))?;
         for (index, name) in names.iter().enumerate() {
             let ns = NetNs::new("rnode")?;

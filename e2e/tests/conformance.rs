@@ -1,0 +1,107 @@
+//! Kubernetes' own NetworkPolicy e2e suite (v1.20.2's `e2e.test`, built from the same source
+//! package as the cluster) on the real nodes with the chart installed: the tests every CNI
+//! is measured against, unmodified.
+//!
+//! `make test` runs the specs listed in [`FAST`]; `make conformance` runs every spec of the
+//! suite (`CILIUM_RS_CONFORMANCE=full`) except the ones this machine cannot run:
+//! - the SCTP connectivity specs (`[Feature:SCTPConnectivity]`): this kernel is built
+//!   without SCTP sockets (`CONFIG_IP_SCTP` unset), so agnhost cannot serve SCTP.
+
+use std::time::Duration;
+
+use e2e::realnode::RealCluster;
+use e2e::realnode::conformance::{Selection, conformance_binary, run_suite};
+use e2e::wait_for;
+
+/// The specs `make test` runs (about a minute each): ingress, egress, named ports, and the
+/// API operations.
+const FAST: &[&str] = &[
+    "should support a 'default-deny-ingress' policy",
+    "should allow ingress access on one named port",
+    "should allow egress access on one named port",
+    "should support creating NetworkPolicy API operations",
+];
+
+/// What this machine cannot run (see the module's comment).
+const UNRUNNABLE: &str = r"\[Feature:SCTPConnectivity\]";
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escape = "\\^$.|?*+()[]{}".contains(c);
+            escape.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
+/// Every spec of v1.20.2's `NetworkPolicy [LinuxOnly]` and `NetworkPolicy API` groups.
+const SUITE_SPECS: usize = 30;
+
+fn selection(full: bool) -> Selection {
+    let focus = if full {
+        r"\[sig-network\] NetworkPolicy".to_owned()
+    } else {
+        let specs: Vec<String> = FAST.iter().map(|s| regex_escape(s)).collect();
+        format!(r"\[sig-network\] NetworkPolicy.*({})", specs.join("|"))
+    };
+    Selection {
+        focus,
+        skip: Some(UNRUNNABLE.to_owned()),
+    }
+}
+
+#[test]
+fn kubernetes_network_policy_suite_passes_on_real_nodes() {
+    let agnhost = conformance_binary("agnhost").expect("the conformance build");
+    let cluster = RealCluster::start_for_conformance(2, &agnhost).expect("real cluster");
+    let values = cluster
+        .write("values.yaml", &cluster.chart_values())
+        .expect("values");
+    cluster.install_chart(&[&values]).expect("install");
+    wait_for("both nodes Ready", Duration::from_secs(120), || {
+        let ready = cluster.jsonpath(
+            &["get", "nodes"],
+            "{.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+        )?;
+        (ready == "True True").then_some(())
+    });
+
+    let full = std::env::var("CILIUM_RS_CONFORMANCE").is_ok_and(|v| v == "full");
+    let selection = selection(full);
+    // Outside the bed, which goes with the cluster.
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e.test.log");
+    let report = run_suite(
+        cluster.kubeconfig(),
+        &selection,
+        &cluster.dir().join("report"),
+        &log,
+    )
+    .expect("the suite ran");
+    println!(
+        "e2e.test --ginkgo.focus='{}': {} passed, {} failed of {} in {:.0} s",
+        selection.focus,
+        report.passed.len(),
+        report.failed.len(),
+        report.total,
+        report.seconds
+    );
+    for spec in &report.passed {
+        println!("  passed: {spec}");
+    }
+    for spec in &report.failed {
+        println!("  FAILED: {spec}");
+    }
+    assert!(
+        report.failed.is_empty(),
+        "{} specs failed: {:#?} (the log: {})",
+        report.failed.len(),
+        report.failed,
+        log.display()
+    );
+    let expected = if full { SUITE_SPECS } else { FAST.len() };
+    assert_eq!(
+        (report.total, report.passed.len()),
+        (expected, expected),
+        "every selected spec ran and passed: {report:?}"
+    );
+}
