@@ -10,6 +10,11 @@
  * when absent). Connection tracking lets replies and related ICMP errors through; every
  * forward packet is checked against the policy again (as Cilium does), so removing an allow
  * cuts live connections. Anything unexpected is dropped: the datapath fails closed.
+ *
+ * A pod's connection to a service frontend (a ClusterIP) is translated to one backend on its
+ * way out, before the egress policy and connection tracking see it, so both meet the backend
+ * (its identity, its port) as in Cilium; replies get the frontend back as their source on the
+ * way in. The choice is remembered per connection (cilium_lb_conn).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -129,6 +134,40 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilium_events_lost SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_service_key);
+	__type(value, struct lb_service);
+	__uint(max_entries, LB_SERVICE_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_lb_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct lb_backend);
+	__uint(max_entries, LB_BACKEND_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_lb_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct lb_conn);
+	__uint(max_entries, LB_CONN_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_lb_conn SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb_affinity_key);
+	__type(value, struct lb_affinity);
+	__uint(max_entries, LB_CONN_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_lb_affinity SEC(".maps");
+
 /* What parse() found. */
 struct flow {
 	__u32 saddr[4];
@@ -140,6 +179,7 @@ struct flow {
 	__u8 family;
 	__u8 tcp_flags;
 	__u8 has_related; /* an ICMP error: `related` holds the tuple it quotes */
+	__u16 l4_off;	  /* from the start of the frame */
 	struct ct_key related;
 };
 
@@ -318,6 +358,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 		f->saddr[0] = ip->saddr;
 		f->daddr[0] = ip->daddr;
 		f->protocol = ip->protocol;
+		f->l4_off = ETH_HLEN + (ip->ihl & 0xf) * 4;
 		return parse_v4_l4(f, ip, end);
 	}
 
@@ -335,6 +376,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 		__builtin_memcpy(f->saddr, &ip6->saddr, 16);
 		__builtin_memcpy(f->daddr, &ip6->daddr, 16);
 		f->protocol = ip6->nexthdr;
+		f->l4_off = ETH_HLEN + sizeof(*ip6);
 		if (f->protocol == IPPROTO_FRAGMENT)
 			return -DROP_FRAG_NOSUPPORT;
 		return parse_l4(f, ip6 + 1, end);
@@ -555,6 +597,171 @@ static __always_inline int policy_verdict(__u16 endpoint_id, __u32 peer, __u8 di
 	return decides->flags & POLICY_F_DENY ? DROP_POLICY_DENY : 0;
 }
 
+/*
+ * Rewrites the packet's destination (`dst`) or source address and port to `addr`/`port`,
+ * with the IP and TCP/UDP checksums. `f` keeps describing the packet as it was.
+ */
+static __always_inline int rewrite(struct __sk_buff *skb, const struct flow *f, int dst,
+				   const __u32 *addr, __be16 port)
+{
+	__u32 csum_off = f->l4_off + (f->protocol == IPPROTO_TCP ? 16 : 6);
+	__u32 l4_flags = f->protocol == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__u32 port_off = f->l4_off + (dst ? 2 : 0);
+	__be16 old_port = dst ? f->dport : f->sport;
+	__s64 diff;
+
+	if (f->family == FAMILY_IPV4) {
+		__u32 old = dst ? f->daddr[0] : f->saddr[0];
+		__u32 new = addr[0];
+		__u32 addr_off = ETH_HLEN + (dst ? 16 : 12);
+		if (bpf_l3_csum_replace(skb, ETH_HLEN + 10, old, new, 4) < 0)
+			return -DROP_CSUM_L3;
+		if (bpf_l4_csum_replace(skb, csum_off, old, new, BPF_F_PSEUDO_HDR | l4_flags | 4) < 0)
+			return -DROP_CSUM_L4;
+		if (bpf_skb_store_bytes(skb, addr_off, &new, 4, 0) < 0)
+			return -DROP_WRITE_ERROR;
+	} else {
+		__u32 old[4], new[4];
+		__u32 addr_off = ETH_HLEN + (dst ? 24 : 8);
+		__builtin_memcpy(old, dst ? f->daddr : f->saddr, 16);
+		__builtin_memcpy(new, addr, 16);
+		diff = bpf_csum_diff(old, 16, new, 16, 0);
+		if (diff < 0)
+			return -DROP_CSUM_L4;
+		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR | l4_flags) < 0)
+			return -DROP_CSUM_L4;
+		if (bpf_skb_store_bytes(skb, addr_off, new, 16, 0) < 0)
+			return -DROP_WRITE_ERROR;
+	}
+	if (port != old_port) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, port, l4_flags | 2) < 0)
+			return -DROP_CSUM_L4;
+		if (bpf_skb_store_bytes(skb, port_off, &port, 2, 0) < 0)
+			return -DROP_WRITE_ERROR;
+	}
+	return 0;
+}
+
+static __always_inline struct lb_backend *lb_backend(__u32 id)
+{
+	return id ? bpf_map_lookup_elem(&cilium_lb_backends, &id) : NULL;
+}
+
+/* A backend for a new connection: the client's affine one if it has one, else a random slot. */
+static __always_inline __u32 lb_choose(const struct flow *f, struct lb_service_key *key,
+				       const struct lb_service *svc, __u64 now)
+{
+	struct lb_affinity_key ak = {};
+	struct lb_affinity *affine = NULL;
+	struct lb_service *slot;
+	__u32 id;
+
+	if (svc->flags & LB_F_AFFINITY) {
+		__builtin_memcpy(ak.client, f->saddr, 16);
+		ak.family = f->family;
+		ak.rev_nat_index = svc->rev_nat_index;
+		affine = bpf_map_lookup_elem(&cilium_lb_affinity, &ak);
+		if (affine && now - affine->last_used_ns <= (__u64)svc->affinity_timeout_s * NSEC_PER_SEC &&
+		    lb_backend(affine->backend_id)) {
+			affine->last_used_ns = now;
+			return affine->backend_id;
+		}
+	}
+	key->slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	slot = bpf_map_lookup_elem(&cilium_lb_services, key);
+	key->slot = 0;
+	id = slot ? slot->backend_id : 0;
+	if (id && (svc->flags & LB_F_AFFINITY)) {
+		struct lb_affinity fresh = {.last_used_ns = now, .backend_id = id};
+		bpf_map_update_elem(&cilium_lb_affinity, &ak, &fresh, BPF_ANY);
+	}
+	return id;
+}
+
+/*
+ * A pod's packet to a service frontend goes to one of its backends: the one its connection
+ * already has, or a new choice. Afterwards `f` describes the translated packet. Frontends
+ * with no backends are left alone (kube-proxy, if present, rejects them).
+ */
+static __always_inline int lb_translate(struct __sk_buff *skb, struct flow *f, __u64 now)
+{
+	struct lb_service_key key = {};
+	struct ct_key conn_key = {};
+	struct lb_service *svc;
+	struct lb_backend *backend = NULL;
+	struct lb_conn *conn;
+	__u32 backend_id = 0;
+	int err;
+
+	if (f->protocol != IPPROTO_TCP && f->protocol != IPPROTO_UDP)
+		return 0;
+	__builtin_memcpy(key.addr, f->daddr, 16);
+	key.dport = f->dport;
+	key.protocol = f->protocol;
+	key.family = f->family;
+	svc = bpf_map_lookup_elem(&cilium_lb_services, &key);
+	if (!svc || svc->count == 0)
+		return 0;
+
+	ct_forward_key(&conn_key, f, LB_CONN_FORWARD);
+	conn = bpf_map_lookup_elem(&cilium_lb_conn, &conn_key);
+	if (conn && conn->rev_nat_index == svc->rev_nat_index) {
+		backend_id = conn->backend_id;
+		backend = lb_backend(backend_id);
+	}
+	if (!backend) {
+		/* A new connection, or its backend is gone: choose (again). */
+		backend_id = lb_choose(f, &key, svc, now);
+		backend = lb_backend(backend_id);
+		if (!backend)
+			return 0;
+		struct lb_conn forward = {
+			.backend_id = backend_id, .rev_nat_index = svc->rev_nat_index, .created_ns = now};
+		bpf_map_update_elem(&cilium_lb_conn, &conn_key, &forward, BPF_ANY);
+	}
+
+	/* Replies (backend -> pod) get the frontend back as their source. */
+	struct lb_conn reverse = {.port = f->dport, .rev_nat_index = svc->rev_nat_index, .created_ns = now};
+	__builtin_memcpy(reverse.addr, f->daddr, 16);
+	struct ct_key reply_key = {};
+	__builtin_memcpy(reply_key.saddr, backend->addr, 16);
+	__builtin_memcpy(reply_key.daddr, f->saddr, 16);
+	reply_key.sport = backend->port;
+	reply_key.dport = f->sport;
+	reply_key.protocol = f->protocol;
+	reply_key.family = f->family;
+	reply_key.flags = LB_CONN_REVERSE;
+	if (!conn || !bpf_map_lookup_elem(&cilium_lb_conn, &reply_key))
+		bpf_map_update_elem(&cilium_lb_conn, &reply_key, &reverse, BPF_ANY);
+
+	err = rewrite(skb, f, 1, backend->addr, backend->port);
+	if (err)
+		return err;
+	__builtin_memcpy(f->daddr, backend->addr, 16);
+	f->dport = backend->port;
+	f->policy_port = backend->port;
+	return 0;
+}
+
+/* A reply from a backend to a pod: its source becomes the frontend the pod connected to. */
+static __always_inline int lb_reverse(struct __sk_buff *skb, struct flow *f)
+{
+	struct ct_key key = {};
+	struct lb_conn *conn;
+	__u32 addr[4];
+	__be16 port;
+
+	if (f->protocol != IPPROTO_TCP && f->protocol != IPPROTO_UDP)
+		return 0;
+	ct_forward_key(&key, f, LB_CONN_REVERSE);
+	conn = bpf_map_lookup_elem(&cilium_lb_conn, &key);
+	if (!conn)
+		return 0;
+	__builtin_memcpy(addr, conn->addr, 16);
+	port = conn->port;
+	return rewrite(skb, f, 0, addr, port);
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct flow f = {};
@@ -601,8 +808,22 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	now = bpf_ktime_get_ns();
+	if (dir == DIR_EGRESS) {
+		reason = lb_translate(skb, &f, now);
+		if (reason < 0) {
+			reason = -reason;
+			goto drop;
+		}
+	}
 	status = ct_lookup(&f, own, len, now);
 	if (status == CT_REPLY || status == CT_RELATED) {
+		if (status == CT_REPLY && dir == DIR_INGRESS) {
+			reason = lb_reverse(skb, &f);
+			if (reason < 0) {
+				reason = -reason;
+				goto drop;
+			}
+		}
 		count(endpoint_id, dir, REASON_FORWARDED, len);
 		return TC_ACT_OK;
 	}

@@ -37,6 +37,30 @@ pub fn serve_echo(ns: &NetNs, port: u16) {
     });
 }
 
+/// A TCP server in `ns` on `port` that writes `banner` and a newline to every connection
+/// and closes it: which backend answered.
+pub fn serve_banner(ns: &NetNs, port: u16, banner: &str) {
+    let listener = ns
+        .run(|| TcpListener::bind(("::", port)))
+        .expect("run in the namespace")
+        .expect("bind the banner port");
+    let line = format!("{banner}\n");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.write_all(line.as_bytes());
+        }
+    });
+}
+
+/// The banner line a server at `to:port` sends to a connection from `ns`, if any.
+pub fn banner(ns: &NetNs, to: impl Into<IpAddr>, port: u16) -> Option<String> {
+    let stream = connect(ns, to, port).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    Some(line.trim_end().to_owned()).filter(|l| !l.is_empty())
+}
+
 /// A TCP connection from `ns` to `to:port`, given up after [`CONNECT_TIMEOUT`].
 pub fn connect(ns: &NetNs, to: impl Into<IpAddr>, port: u16) -> std::io::Result<TcpStream> {
     let target = SocketAddr::from((to.into(), port));

@@ -348,6 +348,50 @@ fn two_clusters_share_endpoints_identities_policy_and_services() {
     );
     let table = n1.cilium(&["service", "list"]).expect("service list");
     assert!(table.contains("ClusterIP (global)"), "{table}");
+
+    // The datapath balances the global service's cluster IP over both clusters' backends.
+    let cluster_ip: Ipv4Addr = bed1
+        .kubectl_run(
+            &[
+                "get",
+                "service",
+                "protected-db",
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ],
+            None,
+        )
+        .expect("the service")
+        .trim()
+        .parse()
+        .expect("a cluster IP");
+    wait_for("the service answers", SETTLE, || {
+        reaches(&employee1.ns, cluster_ip, REDIS).then_some(())
+    });
+    let destinations = wait_for("connections to both clusters' backends", SETTLE, || {
+        for _ in 0..10 {
+            assert!(
+                reaches(&employee1.ns, cluster_ip, REDIS),
+                "through the service"
+            );
+        }
+        let ct: Value =
+            serde_json::from_str(&n1.cilium(&["bpf", "ct", "list", "-o", "json"]).ok()?).ok()?;
+        let destinations: std::collections::BTreeSet<String> = ct
+            .as_array()?
+            .iter()
+            .filter(|e| e["src"] == employee1.ip.to_string() && e["dport"] == REDIS)
+            .filter_map(|e| e["dst"].as_str().map(str::to_owned))
+            .collect();
+        (destinations.len() == 2).then_some(destinations)
+    });
+    assert_eq!(
+        destinations,
+        [db.ip.to_string(), db2.ip.to_string()]
+            .into_iter()
+            .collect(),
+        "connections to the cluster IP reached the backends of both clusters"
+    );
     assert!(
         n1.cilium(&["status"])
             .expect("status")

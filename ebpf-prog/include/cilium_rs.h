@@ -29,6 +29,9 @@
 /* Drop reasons: Cilium's codes (positive, as in its metrics and monitor). */
 #define REASON_FORWARDED 0
 #define DROP_INVALID_SIP 132	  /* source IP does not belong to the sending endpoint */
+#define DROP_CSUM_L3 138	  /* a translated packet's IP checksum could not be updated */
+#define DROP_CSUM_L4 139	  /* ... its TCP/UDP checksum */
+#define DROP_WRITE_ERROR 141	  /* ... its addresses or ports could not be written */
 #define DROP_POLICY 133		  /* no policy entry allows the flow */
 #define DROP_INVALID 134	  /* packet too short or malformed */
 #define DROP_CT_INVALID_HDR 135	  /* L4 header could not be read */
@@ -222,5 +225,71 @@ struct prefilter_value {
 #define PREFILTER_STATS_PASSED 0
 #define PREFILTER_STATS_DROPPED 1
 #define PREFILTER_STATS_SIZE 2
+
+/*
+ * Service load-balancing (Cilium's model, this layout): a service is keyed by its frontend
+ * (address, port, protocol); slot 0 holds the number of backend slots and the frontend's
+ * reverse-NAT id, slots 1..count the backend ids. Backends are keyed by id.
+ */
+#define LB_SERVICE_MAP_SIZE 65536
+#define LB_BACKEND_MAP_SIZE 65536
+#define LB_CONN_MAP_SIZE 262144
+
+struct lb_service_key {
+	__u32 addr[4]; /* network order; IPv4 in addr[0] */
+	__be16 dport;
+	__u16 slot; /* 0: the service; 1..count: its backends */
+	__u8 protocol;
+	__u8 family;
+	__u16 pad;
+};
+
+#define LB_F_AFFINITY 1 /* sessionAffinity: ClientIP */
+
+struct lb_service {
+	__u32 backend_id;    /* slot > 0 */
+	__u16 count;	     /* slot 0: backend slots */
+	__u16 rev_nat_index; /* the frontend's id */
+	__u32 affinity_timeout_s;
+	__u8 flags; /* LB_F_* */
+	__u8 pad[3];
+};
+
+struct lb_backend {
+	__u32 addr[4];
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+};
+
+/*
+ * A translated connection, keyed by a ct_key: LB_CONN_FORWARD under the pod's original tuple
+ * (pod -> frontend) holds the chosen backend, so the connection stays on it; LB_CONN_REVERSE
+ * under the reply's tuple (backend -> pod) holds the frontend its replies come from.
+ */
+#define LB_CONN_FORWARD 1
+#define LB_CONN_REVERSE 2
+
+struct lb_conn {
+	__u32 addr[4]; /* reverse: the frontend address */
+	__u32 backend_id; /* forward */
+	__be16 port;   /* reverse: the frontend port */
+	__u16 rev_nat_index;
+	__u64 created_ns;
+};
+
+/* sessionAffinity: ClientIP: (client address, frontend id) -> backend, with its time. */
+struct lb_affinity_key {
+	__u32 client[4];
+	__u16 rev_nat_index;
+	__u8 family;
+	__u8 pad;
+};
+
+struct lb_affinity {
+	__u64 last_used_ns;
+	__u32 backend_id;
+	__u32 pad;
+};
 
 #endif /* CILIUM_RS_H */

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod balancer;
 pub mod cep;
 pub mod clustermesh;
 pub mod cni_conf;

@@ -166,6 +166,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .reattach_pinned()
         .context("taking over pinned programs")?;
     tracing::info!(taken, pins = %datapath.pin_dir().display(), attach = datapath.tc_attach().name(), "datapath ready");
+    let service_maps = cilium_datapath::lb::ServiceMaps::open(datapath.pin_dir())
+        .context("opening the service maps")?;
     let prefilter_devices = if args.xdp_prefilter {
         args.devices.clone()
     } else {
@@ -218,7 +220,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = cilium_agent::api::listen(&args.socket_path)
         .with_context(|| format!("listening on {}", args.socket_path.display()))?;
     tracing::info!(socket = %args.socket_path.display(), "API listening");
-    let caches = Caches::start(&client, &args.node_name, &changed);
+    let services_changed = Waker::default();
+    let caches = Caches::start(&client, &args.node_name, &changed, &services_changed);
     let local_cluster = LocalCluster {
         name: args.cluster_name.clone(),
         default_local: args.policy_default_local_cluster,
@@ -235,12 +238,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 cluster_id: args.cluster_id,
                 grace_period: args.clustermesh_grace_period,
             },
-            changed.clone(),
+            vec![changed.clone(), services_changed.clone()],
         )
     });
     if let Some(mesh) = &mesh {
         tokio::spawn(mesh.clone().run());
     }
+    tokio::spawn(
+        cilium_agent::balancer::Balancer {
+            maps: service_maps,
+            cluster_name: args.cluster_name.clone(),
+            cluster_id: args.cluster_id,
+            services: caches.services.clone(),
+            endpoint_slices: caches.endpoint_slices.clone(),
+            mesh: mesh.clone(),
+            changed: services_changed,
+        }
+        .run(),
+    );
     let context = ApiContext {
         agent: agent.clone(),
         policy: policy.clone(),

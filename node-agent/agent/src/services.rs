@@ -1,12 +1,14 @@
-//! The service list (`cilium service list`): every Service of this cluster with a cluster IP,
-//! its backends from its EndpointSlices and, for a global service, the backends every
-//! remote cluster that shares the same namespace/name publishes.
+//! The service list (`cilium service list`) and the node's load-balancing table: every
+//! Service of this cluster with a cluster IP, its backends from its EndpointSlices and, for a
+//! global service, the backends every remote cluster that shares the same namespace/name
+//! publishes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use cilium_agent_api::{BackendModel, ServiceAddress, ServiceModel};
+use cilium_datapath::lb::{BackendAddr, Frontend, LbTable, ServiceSpec};
 use cilium_kvstore::ClusterService;
 use cilium_kvstore::service::PortConfiguration;
 use cilium_kvstore::service::{is_global, slices_of};
@@ -80,6 +82,104 @@ pub fn local_global(services: &[Arc<Service>]) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+/// A Service as this cluster publishes it, and the shared publications of the remote
+/// clusters whose backends join it (only for a global service).
+fn publications<'a>(
+    cluster: &str,
+    cluster_id: u8,
+    service: &Service,
+    slices: &[Arc<EndpointSlice>],
+    remote: &'a [Arc<RemoteCache>],
+) -> (ClusterService, Vec<&'a ClusterService>) {
+    let own = slices_of(service, slices.iter().map(Arc::as_ref));
+    let local = ClusterService::from_k8s(cluster, cluster_id, service, &own);
+    let shared = if is_global(service) {
+        let key = format!(
+            "{}/{}",
+            service.namespace().unwrap_or_default(),
+            service.name_any()
+        );
+        remote
+            .iter()
+            .filter_map(|cache| cache.services.get(&key))
+            .filter(|published| published.shared)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (local, shared)
+}
+
+/// The IP protocol number of a Kubernetes protocol the datapath balances (TCP, UDP).
+fn balanced_protocol(protocol: &str) -> Option<u8> {
+    match protocol {
+        "TCP" => Some(6),
+        "UDP" => Some(17),
+        _ => None,
+    }
+}
+
+/// `sessionAffinity: ClientIP`'s timeout (Kubernetes' default: 3 hours), if set.
+fn affinity_timeout(service: &Service) -> Option<u32> {
+    let spec = service.spec.as_ref()?;
+    (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(10_800)
+    })
+}
+
+/// What the node balances: each cluster IP × service port (TCP and UDP) over the ready
+/// backends of the same port name, a global service's shared remote backends included.
+pub fn lb_table(
+    cluster: &str,
+    cluster_id: u8,
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    remote: &[Arc<RemoteCache>],
+) -> LbTable {
+    let mut table = LbTable::default();
+    for service in services {
+        let (local, shared) = publications(cluster, cluster_id, service, slices, remote);
+        let affinity_timeout_s = affinity_timeout(service);
+        for (ip, ports) in &local.frontends {
+            let Ok(ip) = ip.parse::<IpAddr>() else {
+                continue;
+            };
+            for (name, port) in ports {
+                let Some(protocol) = balanced_protocol(&port.protocol) else {
+                    continue;
+                };
+                let backends = std::iter::once(&local)
+                    .chain(shared.iter().copied())
+                    .flat_map(|published| &published.backends)
+                    .filter_map(|(backend_ip, backend_ports)| {
+                        let target = backend_ports.get(name)?;
+                        (target.protocol == port.protocol).then_some(BackendAddr {
+                            ip: backend_ip.parse().ok()?,
+                            port: target.port,
+                        })
+                    })
+                    .collect();
+                let frontend = Frontend {
+                    ip,
+                    port: port.port,
+                    protocol,
+                };
+                let spec = ServiceSpec {
+                    backends,
+                    affinity_timeout_s,
+                };
+                table.services.insert(frontend, spec);
+            }
+        }
+    }
+    table
+}
+
 /// Every Service with a frontend, numbered from 1 in namespace/name order.
 pub fn service_list(
     cluster: &str,
@@ -93,23 +193,15 @@ pub fn service_list(
     let mut models = Vec::new();
     for service in sorted {
         let (namespace, name) = (service.namespace().unwrap_or_default(), service.name_any());
-        let own = slices_of(service, slices.iter().map(Arc::as_ref));
-        let local = ClusterService::from_k8s(cluster, cluster_id, service, &own);
+        let (local, shared) = publications(cluster, cluster_id, service, slices, remote);
         let frontends = addresses(&local.frontends);
         if frontends.is_empty() {
             continue;
         }
         let global = is_global(service);
         let mut all_backends: Vec<BackendModel> = backends(&local).collect();
-        if global {
-            let key = format!("{namespace}/{name}");
-            let shared = remote
-                .iter()
-                .filter_map(|cache| cache.services.get(&key))
-                .filter(|published| published.shared);
-            for published in shared {
-                all_backends.extend(backends(published));
-            }
+        for published in shared {
+            all_backends.extend(backends(published));
         }
         models.push(ServiceModel {
             id: u32::try_from(models.len() + 1).unwrap_or(u32::MAX),
@@ -198,6 +290,59 @@ mod tests {
     }
 
     #[test]
+    fn the_lb_table_maps_each_frontend_port_to_its_backends_port() {
+        let service: Arc<Service> = Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"clusterIP": "10.96.0.30", "sessionAffinity": "ClientIP", "ports": [
+                    {"name": "http", "port": 80, "targetPort": 8080},
+                    {"name": "dns", "port": 53, "protocol": "UDP"},
+                    {"name": "sctp", "port": 9, "protocol": "SCTP"}]},
+            }))
+            .expect("service"),
+        );
+        let slice: Arc<EndpointSlice> = Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web-1", "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
+                          {"name": "dns", "port": 5353, "protocol": "UDP"}],
+                "endpoints": [{"addresses": ["10.210.0.7"]},
+                              {"addresses": ["10.210.0.8"], "conditions": {"ready": false}}],
+            }))
+            .expect("slice"),
+        );
+        let table = lb_table("cluster1", 1, &[service], &[slice], &[]);
+        let ip: IpAddr = "10.96.0.30".parse().expect("ip");
+        let backend: IpAddr = "10.210.0.7".parse().expect("ip");
+        let http = &table.services[&Frontend {
+            ip,
+            port: 80,
+            protocol: 6,
+        }];
+        assert_eq!(
+            http.backends.iter().copied().collect::<Vec<_>>(),
+            [BackendAddr {
+                ip: backend,
+                port: 8080
+            }],
+            "the ready endpoint only, at the target port"
+        );
+        assert_eq!(http.affinity_timeout_s, Some(10_800));
+        let dns = &table.services[&Frontend {
+            ip,
+            port: 53,
+            protocol: 17,
+        }];
+        assert_eq!(
+            dns.backends.iter().map(|b| b.port).collect::<Vec<_>>(),
+            [5353]
+        );
+        assert_eq!(table.services.len(), 2, "SCTP is left to kube-proxy");
+    }
+
+    #[test]
     fn global_services_get_the_backends_of_every_cluster() {
         let services = [service("db", true), service("web", false)];
         let slices = [slice("db", "10.210.0.5"), slice("web", "10.210.0.9")];
@@ -223,6 +368,18 @@ mod tests {
             ]
         );
         assert_eq!(list[1].backends.len(), 1, "web is not global here");
+        // (The fixture gives both services one cluster IP: the db alone.)
+        let table = lb_table("cluster1", 101, &services[..1], &slices, &remote);
+        let db = Frontend {
+            ip: "10.96.0.20".parse().expect("ip"),
+            port: 6379,
+            protocol: 6,
+        };
+        assert_eq!(
+            table.services[&db].backends.len(),
+            2,
+            "both clusters' db backends"
+        );
         let unshared = [remote_with("db", "10.211.0.5", false)];
         let list = service_list("cluster1", 101, &services, &slices, &unshared);
         assert_eq!(list[0].backends.len(), 1, "cluster2 does not share its db");

@@ -55,7 +55,14 @@ pub struct Caches {
 }
 
 impl Caches {
-    pub fn start(client: &Client, node_name: &str, changed: &Waker) -> Self {
+    /// `changed` is woken by what the reconciler derives from, `services_changed` by the
+    /// Services and EndpointSlices (the balancer's inputs).
+    pub fn start(
+        client: &Client,
+        node_name: &str,
+        changed: &Waker,
+        services_changed: &Waker,
+    ) -> Self {
         let all = || watcher::Config::default();
         let wake = || vec![changed.clone()];
         let local_pods = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
@@ -68,9 +75,16 @@ impl Caches {
             cnps: reflect(Api::all(client.clone()), all(), wake()),
             ccnps: reflect(Api::all(client.clone()), all(), wake()),
             network_policies: reflect(Api::all(client.clone()), all(), wake()),
-            // Services change nothing the reconciler writes: only the API reads them.
-            services: reflect(Api::all(client.clone()), all(), vec![]),
-            endpoint_slices: cilium_crds::cache::reflect_endpoint_slices(client, vec![]),
+            // Services change nothing the reconciler writes: the balancer derives from them.
+            services: reflect(
+                Api::all(client.clone()),
+                all(),
+                vec![services_changed.clone()],
+            ),
+            endpoint_slices: cilium_crds::cache::reflect_endpoint_slices(
+                client,
+                vec![services_changed.clone()],
+            ),
         }
     }
 

@@ -43,6 +43,9 @@ pub const PREFILTER_STATS_SIZE: u32 = 2;
 
 pub const REASON_FORWARDED: u8 = 0;
 pub const DROP_INVALID_SIP: u8 = 132;
+pub const DROP_CSUM_L3: u8 = 138;
+pub const DROP_CSUM_L4: u8 = 139;
+pub const DROP_WRITE_ERROR: u8 = 141;
 pub const DROP_POLICY: u8 = 133;
 pub const DROP_INVALID: u8 = 134;
 pub const DROP_CT_INVALID_HDR: u8 = 135;
@@ -51,6 +54,12 @@ pub const DROP_FRAG_NOT_FOUND: u8 = 158;
 pub const FRAG_MAP_SIZE: u32 = 8192;
 pub const DROP_POLICY_DENY: u8 = 181;
 pub const DROP_UNKNOWN_ENDPOINT: u8 = 200;
+pub const LB_SERVICE_MAP_SIZE: u32 = 65_536;
+pub const LB_BACKEND_MAP_SIZE: u32 = 65_536;
+pub const LB_CONN_MAP_SIZE: u32 = 262_144;
+pub const LB_F_AFFINITY: u8 = 1;
+pub const LB_CONN_FORWARD: u8 = 1;
+pub const LB_CONN_REVERSE: u8 = 2;
 
 /// `struct ipcache_key` after `prefixlen`.
 #[repr(C)]
@@ -216,6 +225,66 @@ pub struct PrefilterValue {
     pub bytes: u64,
 }
 
+/// `struct lb_service_key`: a frontend, and a slot (0: the service; 1..: its backends).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Pod, Zeroable)]
+pub struct LbServiceKey {
+    pub addr: [u32; 4],
+    pub dport: u16, // network order
+    pub slot: u16,
+    pub protocol: u8,
+    pub family: u8,
+    pub pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbService {
+    pub backend_id: u32,
+    pub count: u16,
+    pub rev_nat_index: u16,
+    pub affinity_timeout_s: u32,
+    pub flags: u8,
+    pub pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbBackend {
+    pub addr: [u32; 4],
+    pub port: u16, // network order
+    pub family: u8,
+    pub pad: u8,
+}
+
+/// `struct lb_conn`, under a `CtKey` with `LB_CONN_FORWARD` or `LB_CONN_REVERSE` as flags.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbConn {
+    pub addr: [u32; 4],
+    pub backend_id: u32,
+    pub port: u16,
+    pub rev_nat_index: u16,
+    pub created_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbAffinityKey {
+    pub client: [u32; 4],
+    pub rev_nat_index: u16,
+    pub family: u8,
+    pub pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbAffinity {
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub pad: u32,
+}
+
 macro_rules! aya_pod {
     ($($t:ty),*) => { $(
         // SAFETY: repr(C), Copy, and bytemuck::Pod proves every bit pattern valid and no padding.
@@ -233,7 +302,13 @@ aya_pod!(
     CtEntry,
     MetricsKey,
     MetricsValue,
-    PrefilterValue
+    PrefilterValue,
+    LbServiceKey,
+    LbService,
+    LbBackend,
+    LbConn,
+    LbAffinityKey,
+    LbAffinity
 );
 
 #[cfg(test)]
@@ -499,8 +574,85 @@ mod layout {
             "offsetof prefilter_value.bytes",
             offset_of!(PrefilterValue, bytes),
         );
+        put("sizeof lb_service_key", size_of::<LbServiceKey>());
+        put(
+            "offsetof lb_service_key.addr",
+            offset_of!(LbServiceKey, addr),
+        );
+        put(
+            "offsetof lb_service_key.dport",
+            offset_of!(LbServiceKey, dport),
+        );
+        put(
+            "offsetof lb_service_key.slot",
+            offset_of!(LbServiceKey, slot),
+        );
+        put(
+            "offsetof lb_service_key.protocol",
+            offset_of!(LbServiceKey, protocol),
+        );
+        put(
+            "offsetof lb_service_key.family",
+            offset_of!(LbServiceKey, family),
+        );
+        put("sizeof lb_service", size_of::<LbService>());
+        put(
+            "offsetof lb_service.backend_id",
+            offset_of!(LbService, backend_id),
+        );
+        put("offsetof lb_service.count", offset_of!(LbService, count));
+        put(
+            "offsetof lb_service.rev_nat_index",
+            offset_of!(LbService, rev_nat_index),
+        );
+        put(
+            "offsetof lb_service.affinity_timeout_s",
+            offset_of!(LbService, affinity_timeout_s),
+        );
+        put("offsetof lb_service.flags", offset_of!(LbService, flags));
+        put("sizeof lb_backend", size_of::<LbBackend>());
+        put("offsetof lb_backend.addr", offset_of!(LbBackend, addr));
+        put("offsetof lb_backend.port", offset_of!(LbBackend, port));
+        put("offsetof lb_backend.family", offset_of!(LbBackend, family));
+        put("sizeof lb_conn", size_of::<LbConn>());
+        put("offsetof lb_conn.addr", offset_of!(LbConn, addr));
+        put(
+            "offsetof lb_conn.backend_id",
+            offset_of!(LbConn, backend_id),
+        );
+        put("offsetof lb_conn.port", offset_of!(LbConn, port));
+        put(
+            "offsetof lb_conn.rev_nat_index",
+            offset_of!(LbConn, rev_nat_index),
+        );
+        put(
+            "offsetof lb_conn.created_ns",
+            offset_of!(LbConn, created_ns),
+        );
+        put("sizeof lb_affinity_key", size_of::<LbAffinityKey>());
+        put(
+            "offsetof lb_affinity_key.client",
+            offset_of!(LbAffinityKey, client),
+        );
+        put(
+            "offsetof lb_affinity_key.rev_nat_index",
+            offset_of!(LbAffinityKey, rev_nat_index),
+        );
+        put(
+            "offsetof lb_affinity_key.family",
+            offset_of!(LbAffinityKey, family),
+        );
+        put("sizeof lb_affinity", size_of::<LbAffinity>());
+        put(
+            "offsetof lb_affinity.last_used_ns",
+            offset_of!(LbAffinity, last_used_ns),
+        );
+        put(
+            "offsetof lb_affinity.backend_id",
+            offset_of!(LbAffinity, backend_id),
+        );
 
-        let consts: [(&str, u64); 35] = [
+        let consts: [(&str, u64); 44] = [
             ("PIN_VERSION", PIN_VERSION.into()),
             ("IDENTITY_WORLD", IDENTITY_WORLD.into()),
             ("FAMILY_IPV4", FAMILY_IPV4.into()),
@@ -539,6 +691,15 @@ mod layout {
             ("FRAG_MAP_SIZE", FRAG_MAP_SIZE.into()),
             ("DROP_POLICY_DENY", DROP_POLICY_DENY.into()),
             ("DROP_UNKNOWN_ENDPOINT", DROP_UNKNOWN_ENDPOINT.into()),
+            ("DROP_CSUM_L3", DROP_CSUM_L3.into()),
+            ("DROP_CSUM_L4", DROP_CSUM_L4.into()),
+            ("DROP_WRITE_ERROR", DROP_WRITE_ERROR.into()),
+            ("LB_SERVICE_MAP_SIZE", LB_SERVICE_MAP_SIZE.into()),
+            ("LB_BACKEND_MAP_SIZE", LB_BACKEND_MAP_SIZE.into()),
+            ("LB_CONN_MAP_SIZE", LB_CONN_MAP_SIZE.into()),
+            ("LB_F_AFFINITY", LB_F_AFFINITY.into()),
+            ("LB_CONN_FORWARD", LB_CONN_FORWARD.into()),
+            ("LB_CONN_REVERSE", LB_CONN_REVERSE.into()),
         ];
         for (name, value) in consts {
             r.insert(format!("const {name}"), value);

@@ -219,7 +219,7 @@ const fn shape(map_type: MapType, key: usize, value: usize) -> Shape {
 }
 
 /// The maps the objects pin by name.
-const PINNED_MAPS: [(&str, Shape); 11] = [
+const PINNED_MAPS: [(&str, Shape); 15] = [
     (
         "cilium_ipcache",
         shape(
@@ -288,6 +288,34 @@ const PINNED_MAPS: [(&str, Shape); 11] = [
     (
         "cilium_prefilter_stats",
         shape(MapType::PerCpuArray, size_of::<u32>(), size_of::<u64>()),
+    ),
+    (
+        crate::lb::SERVICES_MAP,
+        shape(
+            MapType::Hash,
+            size_of::<abi::LbServiceKey>(),
+            size_of::<abi::LbService>(),
+        ),
+    ),
+    (
+        crate::lb::BACKENDS_MAP,
+        shape(MapType::Hash, size_of::<u32>(), size_of::<abi::LbBackend>()),
+    ),
+    (
+        "cilium_lb_conn",
+        shape(
+            MapType::LruHash,
+            size_of::<abi::CtKey>(),
+            size_of::<abi::LbConn>(),
+        ),
+    ),
+    (
+        "cilium_lb_affinity",
+        shape(
+            MapType::LruHash,
+            size_of::<abi::LbAffinityKey>(),
+            size_of::<abi::LbAffinity>(),
+        ),
     ),
 ];
 

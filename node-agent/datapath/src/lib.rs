@@ -1,7 +1,7 @@
 //! The node agent's eBPF datapath: loads the C programs of `ebpf-prog/` with aya, pins every
 //! map and link under `<bpffs>/cilium-rs/v<PIN_VERSION>/`, and offers typed operations on
 //! them — endpoints, ipcache, per-endpoint policy (applied as a diff), the XDP prefilter,
-//! counters, verdict events and connection tracking.
+//! counters, verdict events and connection tracking — and the service maps ([`lb`]).
 //!
 //! Restart safety: programs stay attached through pinned links (or, before TCX, netlink
 //! filters; see [`TcAttachMode`]) while no agent runs; a new
@@ -14,6 +14,7 @@ pub mod addr;
 mod bpffs;
 mod datapath;
 pub mod events;
+pub mod lb;
 pub mod policy;
 mod tc;
 

@@ -59,16 +59,23 @@ impl Drop for Remote {
 pub struct ClusterMesh {
     settings: MeshSettings,
     remotes: Mutex<BTreeMap<String, Remote>>,
-    changed: Waker,
+    /// Woken when a remote cluster's state changes (the reconciler, the balancer).
+    changed: Vec<Waker>,
 }
 
 impl ClusterMesh {
-    pub fn new(settings: MeshSettings, changed: Waker) -> Arc<Self> {
+    pub fn new(settings: MeshSettings, changed: Vec<Waker>) -> Arc<Self> {
         Arc::new(Self {
             settings,
             remotes: Mutex::new(BTreeMap::new()),
             changed,
         })
+    }
+
+    fn wake(&self) {
+        for waker in &self.changed {
+            waker.wake();
+        }
     }
 
     fn remotes(&self) -> MutexGuard<'_, BTreeMap<String, Remote>> {
@@ -103,7 +110,7 @@ impl ClusterMesh {
         for name in gone {
             remotes.remove(&name);
             tracing::info!(cluster = %name, "config removed; disconnected and withdrawn");
-            self.changed.wake();
+            self.wake();
         }
         for (name, text) in files {
             if remotes.get(&name).is_some_and(|r| r.config_text == text) {
@@ -147,7 +154,7 @@ impl ClusterMesh {
                 tracing::warn!(cluster = %remote.status.name, ?grace, "remote cluster gone for the grace period; its entries are withdrawn");
                 remote.cache = Arc::new(RemoteCache::default());
                 remote.status.withdrawn = true;
-                self.changed.wake();
+                self.wake();
             }
         }
     }

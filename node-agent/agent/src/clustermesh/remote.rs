@@ -168,7 +168,7 @@ async fn session(
         remote.lost_since = None;
     });
     *was_ready = true;
-    mesh.changed.wake();
+    mesh.wake();
     follow(mesh, name, &mut client, revision).await
 }
 
@@ -241,7 +241,7 @@ async fn follow(
                     }
                 });
                 if changed {
-                    mesh.changed.wake();
+                    mesh.wake();
                 }
             }
             _ = check.tick() => {
