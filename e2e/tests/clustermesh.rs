@@ -392,6 +392,11 @@ fn two_clusters_share_endpoints_identities_policy_and_services() {
             .collect(),
         "connections to the cluster IP reached the backends of both clusters"
     );
+    let lb = n1.cilium(&["bpf", "lb", "list"]).expect("bpf lb list");
+    for backend in [db.ip, db2.ip] {
+        assert!(lb.contains(&format!("{backend}:{REDIS} (")), "{lb}");
+    }
+    assert!(lb.contains(&format!("{cluster_ip}:{REDIS}/TCP")), "{lb}");
     assert!(
         n1.cilium(&["status"])
             .expect("status")

@@ -874,6 +874,15 @@ impl Agent {
             .collect())
     }
 
+    /// The service maps' frontends and backends, as the kernel holds them.
+    pub fn lb_entries(&self) -> Result<Vec<cilium_agent_api::LbEntryModel>, AgentError> {
+        let pins = self.lock().datapath.pin_dir().to_path_buf();
+        Ok(cilium_datapath::lb::list(&pins)?
+            .iter()
+            .map(inspect::lb_entry)
+            .collect())
+    }
+
     pub fn ct_entries(&self) -> Result<Vec<CtEntryModel>, AgentError> {
         let now = monotonic_ns()?;
         let mut entries: Vec<CtEntryModel> = self

@@ -152,6 +152,7 @@ pub fn router(context: ApiContext) -> Router {
         .route("/v1/map/ipcache", get(list_ipcache))
         .route("/v1/map/endpoints", get(list_bpf_endpoints))
         .route("/v1/map/ct", get(list_ct))
+        .route("/v1/map/lb", get(list_lb))
         .route("/v1/kvstore/{key}", get(kvstore_get))
         .route(
             "/v1/prefilter",
@@ -469,6 +470,10 @@ async fn list_ipcache(State(ctx): Ctx) -> Reply {
 
 async fn list_bpf_endpoints(State(ctx): Ctx) -> Reply {
     ok_or_error(ctx.agent.bpf_endpoints())
+}
+
+async fn list_lb(State(ctx): Ctx) -> Reply {
+    ok_or_error(ctx.agent.lb_entries())
 }
 
 async fn list_ct(State(ctx): Ctx) -> Reply {

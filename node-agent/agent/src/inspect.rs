@@ -116,6 +116,29 @@ pub fn ct_entry(entry: &CtEntry, now_ns: u64) -> CtEntryModel {
     }
 }
 
+/// A frontend of the service maps with its backends.
+pub fn lb_entry(entry: &cilium_datapath::lb::LbEntry) -> cilium_agent_api::LbEntryModel {
+    let protocol = protocol_name(entry.frontend.protocol);
+    let address = |ip, port| cilium_agent_api::ServiceAddress {
+        ip,
+        port,
+        protocol: protocol.clone(),
+    };
+    cilium_agent_api::LbEntryModel {
+        frontend: address(entry.frontend.ip, entry.frontend.port),
+        rev_nat_id: entry.rev_nat_index,
+        affinity_timeout_seconds: entry.affinity_timeout_s,
+        backends: entry
+            .backends
+            .iter()
+            .map(|(id, backend)| cilium_agent_api::LbBackendModel {
+                id: *id,
+                address: address(backend.ip, backend.port),
+            })
+            .collect(),
+    }
+}
+
 pub fn monitor_event(event: &VerdictEvent) -> MonitorEvent {
     MonitorEvent {
         kind: match event.kind {

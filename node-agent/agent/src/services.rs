@@ -110,13 +110,16 @@ fn publications<'a>(
     (local, shared)
 }
 
-/// The IP protocol number of a Kubernetes protocol the datapath balances (TCP, UDP).
+/// The IP protocol number of a Kubernetes protocol the datapath balances (TCP, UDP; SCTP's
+/// checksum cannot be patched in place, so SCTP services stay with kube-proxy).
 fn balanced_protocol(protocol: &str) -> Option<u8> {
-    match protocol {
-        "TCP" => Some(6),
-        "UDP" => Some(17),
-        _ => None,
-    }
+    cilium_policy::named::protocol_number(Some(protocol)).filter(|p| {
+        [
+            cilium_datapath::policy::PROTO_TCP,
+            cilium_datapath::policy::PROTO_UDP,
+        ]
+        .contains(p)
+    })
 }
 
 /// `sessionAffinity: ClientIP`'s timeout (Kubernetes' default: 3 hours), if set.

@@ -171,6 +171,10 @@ impl Client {
         self.get("/v1/map/endpoints").await
     }
 
+    pub async fn lb_entries(&self) -> Result<Vec<crate::LbEntryModel>, ClientError> {
+        self.get("/v1/map/lb").await
+    }
+
     pub async fn ct_entries(&self) -> Result<Vec<CtEntryModel>, ClientError> {
         self.get("/v1/map/ct").await
     }

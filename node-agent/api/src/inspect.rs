@@ -171,6 +171,24 @@ pub struct BpfEndpointModel {
     pub node_mac: String,
 }
 
+/// A frontend of the service maps (`cilium bpf lb list`), its backends in slot order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LbEntryModel {
+    pub frontend: ServiceAddress,
+    pub rev_nat_id: u16,
+    /// `sessionAffinity: ClientIP`'s timeout.
+    pub affinity_timeout_seconds: Option<u32>,
+    pub backends: Vec<LbBackendModel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LbBackendModel {
+    pub id: u32,
+    pub address: ServiceAddress,
+}
+
 /// A connection-tracking entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -101,6 +101,9 @@ enum BpfCommand {
     /// Connection tracking.
     #[command(subcommand)]
     Ct(CtCommand),
+    /// Service load-balancing: frontends and their backends.
+    #[command(subcommand)]
+    Lb(ListOnly),
 }
 
 #[derive(Subcommand, Debug)]
@@ -287,6 +290,10 @@ async fn run(cli: Cli) -> Outcome {
         Command::Bpf(BpfCommand::Endpoint(ListOnly::List)) => {
             let entries = client.bpf_endpoints().await?;
             format.print(&entries, |e| render::bpf_endpoints(e))
+        }
+        Command::Bpf(BpfCommand::Lb(ListOnly::List)) => {
+            let entries = client.lb_entries().await?;
+            format.print(&entries, |e| render::lb_entries(e))
         }
         Command::Bpf(BpfCommand::Ct(CtCommand::List { map })) => {
             if let Some(map) = map.filter(|m| m != "global") {

@@ -3,8 +3,9 @@
 
 use cilium_agent_api::{
     BpfEndpointModel, ClusterMeshStatus, ControllerStatus, CtEntryModel, EndpointModel,
-    IdentityModel, IpcacheEntryModel, KvPair, MonitorEvent, MonitorEventType, MonitorMessage,
-    NodeModel, PolicyMapModel, PrefilterModel, SelectorModel, ServiceModel, StatusResponse,
+    IdentityModel, IpcacheEntryModel, KvPair, LbEntryModel, MonitorEvent, MonitorEventType,
+    MonitorMessage, NodeModel, PolicyMapModel, PrefilterModel, SelectorModel, ServiceModel,
+    StatusResponse,
 };
 
 /// Columns separated by three spaces; a cell with several lines makes its row that tall.
@@ -185,6 +186,44 @@ pub fn bpf_endpoints(entries: &[BpfEndpointModel]) -> String {
         })
         .collect();
     table(&["IP ADDRESS", "LOCAL ENDPOINT INFO"], &rows)
+}
+
+/// Cilium's `bpf lb list`: each frontend's backends with the frontend's reverse-NAT id and
+/// the slot, then the service entry itself (slot 0).
+pub fn lb_entries(entries: &[LbEntryModel]) -> String {
+    let mut rows = Vec::new();
+    for entry in entries {
+        let mut frontend = entry.frontend.to_string();
+        for (slot, backend) in (1..).zip(&entry.backends) {
+            rows.push(vec![
+                std::mem::take(&mut frontend),
+                format!(
+                    "{} ({}) ({slot})",
+                    address(backend.address.ip, backend.address.port),
+                    entry.rev_nat_id
+                ),
+            ]);
+        }
+        let unspecified = match entry.frontend.ip {
+            std::net::IpAddr::V4(_) => "0.0.0.0:0",
+            std::net::IpAddr::V6(_) => "[::]:0",
+        };
+        let affinity = entry
+            .affinity_timeout_seconds
+            .map(|t| format!(" [ClientIP affinity {t}s]"))
+            .unwrap_or_default();
+        rows.push(vec![
+            frontend,
+            format!(
+                "{unspecified} ({}) (0) [ClusterIP]{affinity}",
+                entry.rev_nat_id
+            ),
+        ]);
+    }
+    table(
+        &["SERVICE ADDRESS", "BACKEND ADDRESS (REVNAT_ID) (SLOT)"],
+        &rows,
+    )
 }
 
 fn address(ip: std::net::IpAddr, port: u16) -> String {
@@ -770,6 +809,41 @@ mod tests {
                 "",
             ]
             .join("\n")
+        );
+    }
+
+    #[test]
+    fn lb_entries_list_backends_by_slot_then_the_service_entry() {
+        let address = |ip: &str, port| cilium_agent_api::ServiceAddress {
+            ip: ip.parse().expect("ip"),
+            port,
+            protocol: "TCP".into(),
+        };
+        let entries = [LbEntryModel {
+            frontend: address("10.96.0.10", 80),
+            rev_nat_id: 3,
+            affinity_timeout_seconds: None,
+            backends: vec![
+                cilium_agent_api::LbBackendModel {
+                    id: 7,
+                    address: address("10.0.1.5", 8080),
+                },
+                cilium_agent_api::LbBackendModel {
+                    id: 9,
+                    address: address("10.0.2.6", 8080),
+                },
+            ],
+        }];
+        let text = lb_entries(&entries);
+        let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+        assert_eq!(
+            lines,
+            [
+                "SERVICE ADDRESS     BACKEND ADDRESS (REVNAT_ID) (SLOT)",
+                "10.96.0.10:80/TCP   10.0.1.5:8080 (3) (1)",
+                "                    10.0.2.6:8080 (3) (2)",
+                "                    0.0.0.0:0 (3) (0) [ClusterIP]",
+            ]
         );
     }
 }

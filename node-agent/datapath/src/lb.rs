@@ -353,7 +353,18 @@ impl ServiceMaps {
 
     /// The frontends as the kernel's maps hold them, sorted.
     pub fn entries(&self) -> Result<Vec<LbEntry>, Error> {
-        let held = self.read()?;
+        Ok(entries_of(&self.read()?))
+    }
+}
+
+/// The frontends the maps pinned in `pins` hold (`cilium bpf lb list`), read without
+/// taking them over.
+pub fn list(pins: &Path) -> Result<Vec<LbEntry>, Error> {
+    Ok(entries_of(&ServiceMaps::open(pins)?.read()?))
+}
+
+fn entries_of(held: &Encoded) -> Vec<LbEntry> {
+    {
         let mut out = Vec::new();
         for (key, value) in held.services.iter().filter(|(k, _)| k.slot == 0) {
             let Some(frontend) = frontend_of(key) else {
@@ -377,7 +388,7 @@ impl ServiceMaps {
             });
         }
         out.sort_by_key(|e| e.frontend);
-        Ok(out)
+        out
     }
 }
 
