@@ -67,6 +67,7 @@ fn frontends_are_balanced_to_backends_before_the_policy() {
     .expect("apply");
     let listed = lb.entries().expect("entries");
     assert_eq!(listed.len(), 3, "{listed:#?}");
+    assert!(listed.iter().all(|e| e.affinity_timeout_s.is_none()));
 
     // New connections spread over both backends, and each gets its answer from the frontend
     // (the handshake completes only if the replies carry the frontend's address).
@@ -82,6 +83,23 @@ fn frontends_are_balanced_to_backends_before_the_policy() {
             && answered.get("stranger").is_some_and(|n| *n >= 5),
         "both backends get connections: {answered:?}"
     );
+
+    // `sessionAffinity: ClientIP`: every connection of a client goes to one backend.
+    let sticky = frontend(81, PROTO_TCP);
+    let mut with_affinity = table(&[
+        (redis, &two_backends),
+        (dns, &[at(db, 5353)]),
+        (echo, &[at(db, 7000)]),
+        (sticky, &two_backends),
+    ]);
+    if let Some(spec) = with_affinity.services.get_mut(&sticky) {
+        spec.affinity_timeout_s = Some(60);
+    }
+    lb.apply(&with_affinity).expect("apply");
+    let chosen: std::collections::BTreeSet<Option<String>> =
+        (0..20).map(|_| banner(&bed.employee.ns, VIP, 81)).collect();
+    assert_eq!(chosen.len(), 1, "one backend for the client: {chosen:?}");
+    assert!(chosen.iter().all(Option::is_some), "{chosen:?}");
 
     // UDP too: the reply comes from the frontend.
     assert!(
