@@ -70,8 +70,59 @@ where
     reader
 }
 
-/// The watch of `api`, listed in pages, with backoff, without managedFields (often the
-/// largest part of an object and never read here).
+/// How a broken watch retries: 0.5 s doubling to 1.5 s, plus a random part of as much again
+/// (so at most 3 s), back to 0.5 s with the first event; a watch whose resource version expired (410, after an apiserver or etcd
+/// restart) lists again at once ([`resume`]). kube's default (client-go's reflector: 0.8 s
+/// doubling to 30 s, reset only after two minutes without errors) grows during an outage,
+/// so after a 13 s apiserver restart a watch sat out ~19 s more before it listed again. The
+/// cost of the bound: while the apiserver is down each watch retries every 0.5-3 s (refused
+/// connections, cheap); the jitter spreads the reconnects of many agents.
+pub fn watch_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(500))
+        .with_max_delay(std::time::Duration::from_millis(1500))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
+}
+
+/// Whether a watch error only says its resource version is gone (the watcher lists again).
+fn expired(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::WatchError(status) if status.code == 410)
+}
+
+/// `events` with [`watch_backoff`] between failures: the next event is not asked for until
+/// the delay has passed, except after an expired resource version.
+pub fn resume<K: Send>(
+    events: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send,
+) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send {
+    use kube::runtime::utils::Backoff as _;
+    let backoff = std::sync::Arc::new(std::sync::Mutex::new(watch_backoff()));
+    events.then(move |event| {
+        let backoff = backoff.clone();
+        async move {
+            let delay = {
+                let mut backoff = backoff.lock().unwrap_or_else(|p| p.into_inner());
+                match &event {
+                    Ok(_) => {
+                        backoff.reset();
+                        None
+                    }
+                    Err(e) if expired(e) => None,
+                    Err(_) => backoff.next(),
+                }
+            };
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            event
+        }
+    })
+}
+
+/// The watch of `api`, listed in pages, retried as [`resume`] does, without managedFields
+/// (often the largest part of an object and never read here).
 fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -79,8 +130,7 @@ fn watch<K>(
 where
     K: Cached,
 {
-    watcher(api, config.page_size(PAGE_SIZE))
-        .default_backoff()
+    resume(watcher(api, config.page_size(PAGE_SIZE)))
         .modify(|object| object.meta_mut().managed_fields = None)
 }
 

@@ -55,6 +55,11 @@ pub struct ApiServer {
     token: String,
     ca_pem: String,
     process: Supervised,
+    /// The command line and log, to start it again on the same port.
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    log: PathBuf,
+    kubeconfig: PathBuf,
 }
 
 impl ApiServer {
@@ -137,22 +142,32 @@ impl ApiServer {
                 .arg(format!("--kubelet-client-key={}", client.key.display()))
                 .arg("--kubelet-preferred-address-types=InternalIP");
         }
-        let process =
-            Supervised::spawn("kube-apiserver", command, &dir.join("kube-apiserver.log"))?;
+        let program = command.get_program().to_owned();
+        let args = command.get_args().map(ToOwned::to_owned).collect();
+        let log = dir.join("kube-apiserver.log");
+        let process = Supervised::spawn("kube-apiserver", command, &log)?;
         let mut server = Self {
             address: options.address,
             port,
             token,
             ca_pem: pki.ca_pem(),
             process,
+            program,
+            args,
+            log,
+            kubeconfig: dir.join("kubeconfig"),
         };
-        let kubeconfig = dir.join("kubeconfig");
-        pki::write(&kubeconfig, &server.kubeconfig_yaml())?;
-        let probe = kubeconfig.clone();
+        pki::write(&server.kubeconfig, &server.kubeconfig_yaml())?;
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), Error> {
+        let probe = self.kubeconfig.clone();
         wait_until(
             "kube-apiserver /readyz",
             START_TIMEOUT,
-            &mut server.process,
+            &mut self.process,
             || {
                 Command::new("kubectl")
                     .arg(format!("--kubeconfig={}", probe.display()))
@@ -160,8 +175,18 @@ impl ApiServer {
                     .output()
                     .is_ok_and(|o| o.status.success())
             },
-        )?;
-        Ok(server)
+        )
+    }
+
+    /// Kills the apiserver, waits `outage`, and starts it again on the same port; returns
+    /// once it is ready.
+    pub fn restart(&mut self, outage: std::time::Duration) -> Result<(), Error> {
+        self.process.stop();
+        std::thread::sleep(outage);
+        let mut command = Command::new(&self.program);
+        command.args(&self.args);
+        self.process = Supervised::spawn("kube-apiserver", command, &self.log)?;
+        self.wait_ready()
     }
 
     pub fn url(&self) -> String {

@@ -87,6 +87,15 @@ impl ClusterBed {
             .url()
     }
 
+    /// Kills kube-apiserver, waits `outage`, starts it again on the same port and returns
+    /// once it is ready: watches break and must resume.
+    pub fn restart_apiserver(&self, outage: std::time::Duration) -> Result<(), Error> {
+        self.apiserver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restart(outage)
+    }
+
     /// Process ids of etcd (if running) and kube-apiserver.
     pub fn pids(&self) -> (Option<u32>, u32) {
         (
@@ -214,7 +223,10 @@ impl Drop for ClusterBed {
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // `CILIUM_RS_KEEP_BED=1` keeps the logs of a failing test (the next run sweeps it).
+        if std::env::var_os("CILIUM_RS_KEEP_BED").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

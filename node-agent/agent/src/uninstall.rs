@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use kube::Api;
-use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 
 /// Whether the DaemonSet has been seen deleted.
@@ -66,7 +65,7 @@ pub fn watch_daemonset(client: kube::Client, namespace: &str, name: &str) -> Own
     let name = name.to_owned();
     tokio::spawn(async move {
         let mut observer = Observer::default();
-        let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+        let mut events = std::pin::pin!(cilium_crds::cache::resume(watcher::watcher(api, config)));
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
