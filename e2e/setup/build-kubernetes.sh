@@ -2,7 +2,9 @@
 # Builds Kubernetes v1.20.2 from Debian bookworm's `kubernetes` source package (the full
 # upstream tree with vendor/), stamped v1.20.2 as Kubernetes' own release build does (so
 # `kubectl version` and `cilium status` report the real version). Prints the directory
-# holding the binaries. Two sets, each cached in its own directory:
+# holding each set's binaries. Two sets, each cached in its own directory; several sets
+# named at once share one source tree and one Go build cache (what they have in common,
+# client-go and the rest, compiles once):
 #   cluster (default)  kube-apiserver, kubelet, kube-controller-manager, kube-scheduler,
 #                      kube-proxy, in one `go build` (~4.5 min on 2 cores)
 #   conformance        e2e.test (the upstream e2e suite, `go test -c ./test/e2e`) and agnhost
@@ -17,15 +19,24 @@ set -euo pipefail
 
 VERSION=1.20.5+really1.20.2-1.1+deb12u1
 CACHE=${CILIUM_RS_CACHE:-/var/cache/cilium-rs}
-SET=${1:-cluster}
-case $SET in
-  cluster) OUT=$CACHE/kubernetes-v1.20.2 ;;
-  conformance) OUT=$CACHE/kubernetes-v1.20.2-conformance ;;
-  *) echo "build-kubernetes: unknown set '$SET' (cluster or conformance)" >&2; exit 2 ;;
-esac
 COMMANDS=(kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy)
-done_marker=$OUT/.complete
-if [ -f "$done_marker" ]; then echo "$OUT"; exit 0; fi
+out_of() {
+  case $1 in
+    cluster) echo "$CACHE/kubernetes-v1.20.2" ;;
+    conformance) echo "$CACHE/kubernetes-v1.20.2-conformance" ;;
+    *) echo "build-kubernetes: unknown set '$1' (cluster or conformance)" >&2; exit 2 ;;
+  esac
+}
+[ $# -gt 0 ] || set -- cluster
+missing=()
+for set in "$@"; do
+  out=$(out_of "$set")
+  [ -f "$out/.complete" ] || missing+=("$set")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  for set in "$@"; do out_of "$set"; done
+  exit 0
+fi
 
 log() { echo "build-kubernetes: $*" >&2; }
 mkdir -p "$CACHE"
@@ -68,19 +79,22 @@ for pkg in k8s.io/kubernetes/vendor/k8s.io/component-base/version \
   stamp+=" -X $pkg.gitVersion=v1.20.2 -X $pkg.gitMajor=1 -X $pkg.gitMinor=20"
   stamp+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=2021-01-13T13:20:00Z"
 done
-mkdir -p "$OUT.tmp"
 export GOPATH=$WORK/gopath GO111MODULE=off
 cd "$WORK/gopath/src/k8s.io/kubernetes"
-if [ "$SET" = cluster ]; then
-  log "building ${COMMANDS[*]} (many minutes)"
-  targets=()
-  for c in "${COMMANDS[@]}"; do targets+=("./cmd/$c"); done
-  go build -ldflags "-s -w$stamp" -o "$OUT.tmp/" "${targets[@]}" >&2
-else
-  log "building e2e.test and agnhost (many minutes)"
-  go test -c -ldflags "-s -w$stamp" -o "$OUT.tmp/e2e.test" ./test/e2e >&2
-  go build -ldflags "-s -w" -o "$OUT.tmp/agnhost" ./test/images/agnhost >&2
-fi
-rm -rf "$OUT"; mv "$OUT.tmp" "$OUT"
-touch "$done_marker"
-echo "$OUT"
+for set in "${missing[@]}"; do
+  out=$(out_of "$set")
+  mkdir -p "$out.tmp"
+  if [ "$set" = cluster ]; then
+    log "building ${COMMANDS[*]} (many minutes)"
+    targets=()
+    for c in "${COMMANDS[@]}"; do targets+=("./cmd/$c"); done
+    go build -ldflags "-s -w$stamp" -o "$out.tmp/" "${targets[@]}" >&2
+  else
+    log "building e2e.test and agnhost (many minutes)"
+    go test -c -ldflags "-s -w$stamp" -o "$out.tmp/e2e.test" ./test/e2e >&2
+    go build -ldflags "-s -w" -o "$out.tmp/agnhost" ./test/images/agnhost >&2
+  fi
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  touch "$out/.complete"
+done
+for set in "$@"; do out_of "$set"; done

@@ -24,9 +24,9 @@ fi
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
 pkill -x etcd >/dev/null 2>&1 || true
 
-"$here/build-kubernetes.sh" >/dev/null
-# e2e.test and agnhost: Kubernetes' own NetworkPolicy suite on the real nodes.
-"$here/build-kubernetes.sh" conformance >/dev/null
+# The cluster's binaries, and e2e.test + agnhost (Kubernetes' own NetworkPolicy suite on
+# the real nodes), from one source tree.
+"$here/build-kubernetes.sh" cluster conformance >/dev/null
 
 # Helm's own SDK (no helm binary is installable here) for the chart's lint and render.
 helm_venv=${CILIUM_RS_CACHE:-/var/cache/cilium-rs}/helm-venv

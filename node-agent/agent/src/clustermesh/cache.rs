@@ -332,4 +332,93 @@ pub(crate) mod tests {
             Err(ConfigError::IdOutOfRange { .. })
         ));
     }
+
+    mod generated {
+        //! A remote kvstore that writes anything: keys of every kind the agent reads (and
+        //! others), values right, mutated and absurd. Whatever comes, the cache never panics
+        //! and never holds what cluster2 may not claim.
+
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        fn identity() -> impl Strategy<Value = u32> {
+            prop_oneof![
+                3 => C2..C2 + 65_536,
+                1 => any::<u32>(),
+                1 => Just(0u32),
+                1 => Just((101u32 << 16) + 5),
+            ]
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                identity().prop_map(|id| keys::identity_id_key(NumericIdentity(id))),
+                "[a-z0-9.:/-]{0,20}".prop_map(|ip| keys::ip_key(&ip)),
+                "[a-z0-9-]{0,12}".prop_map(|n| keys::node_key("cluster2", &n)),
+                "[a-z0-9-]{0,12}".prop_map(|n| keys::node_key("cluster1", &n)),
+                "[a-z0-9-]{0,12}".prop_map(|n| keys::service_key("cluster2", "default", &n)),
+                any::<String>(),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = Vec<u8>> {
+            let pair = (
+                identity(),
+                prop_oneof!["10\\.211\\.0\\.[0-9]{1,2}", "[0-9.]{0,15}"],
+                any::<Option<String>>(),
+            )
+                .prop_map(|(id, ip, mask)| {
+                    json!({"IP": ip, "Mask": mask, "HostIP": null, "ID": id})
+                        .to_string()
+                        .into_bytes()
+                });
+            let node = (prop_oneof![Just("cluster2"), Just("cluster1"), Just("")], any::<i64>())
+                .prop_map(|(cluster, id)| json!({"Name": "n", "Cluster": cluster, "ClusterID": id, "IPAddresses": [{"Type": "InternalIP", "IP": "x"}]}).to_string().into_bytes());
+            let service = prop_oneof![Just("cluster2"), Just("cluster3")].prop_map(|cluster| {
+                json!({"cluster": cluster, "namespace": "default", "name": "db",
+                       "frontends": {"10.96.0.1": {"": {"Protocol": "TCP", "Port": 80}}},
+                       "backends": {"not-an-ip": {}}, "shared": true, "clusterID": 102})
+                .to_string()
+                .into_bytes()
+            });
+            let labels =
+                prop_oneof!["k8s:app=[a-z]{1,8};", "[a-z:=;.-]{0,40}"].prop_map(String::into_bytes);
+            let junk = prop::collection::vec(any::<u8>(), 0..200);
+            let wrong_type = any::<i64>().prop_map(|n| Value::from(n).to_string().into_bytes());
+            prop_oneof![pair, node, service, labels, junk, wrong_type]
+        }
+
+        proptest! {
+            #[test]
+            fn a_remote_cluster_cannot_claim_what_is_not_its_own(
+                writes in prop::collection::vec((key(), value(), any::<bool>()), 1..40)
+            ) {
+                let mut cache = RemoteCache::new("cluster2", 102);
+                for (key, value, delete) in &writes {
+                    if *delete {
+                        cache.delete(key);
+                    } else {
+                        cache.put(key, value);
+                    }
+                    let scope = ClusterScope::new(102);
+                    prop_assert!(cache.identities.keys().all(|id| scope.contains(NumericIdentity(*id))));
+                    prop_assert!(cache.ips.values().all(|p| scope.contains(NumericIdentity(p.id))));
+                    prop_assert!(cache.nodes.values().all(|n| n.cluster == "cluster2"));
+                    prop_assert!(cache.services.values().all(|s| s.cluster == "cluster2"));
+                    prop_assert!(cache.last_invalid.as_ref().is_none_or(|r| !r.trim().is_empty()));
+                }
+            }
+
+            /// The generator is not all junk: cluster2's own values get in.
+            #[test]
+            fn valid_remote_values_are_taken(id in C2..C2 + 65_536, last in 0u8..255) {
+                let mut cache = RemoteCache::new("cluster2", 102);
+                let ip = format!("10.211.0.{last}");
+                prop_assert!(cache.put(&keys::ip_key(&ip), &pair(&ip, id)));
+                prop_assert!(cache.put(&keys::identity_id_key(NumericIdentity(id)), b"k8s:app=db;"));
+                prop_assert_eq!((cache.ips.len(), cache.identities.len(), cache.invalid), (1, 1, 0));
+            }
+        }
+    }
 }
