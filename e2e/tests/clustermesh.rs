@@ -419,6 +419,13 @@ fn two_clusters_share_endpoints_identities_policy_and_services() {
     wait_for("cluster2's entries withdrawn", SETTLE, || {
         remote(n1, "cluster2").filter(|c| c["withdrawn"] == true)
     });
+    // ... and its backends leave the global service's maps.
+    wait_for("cluster2's backend out of the service maps", SETTLE, || {
+        let lb = n1.cilium(&["bpf", "lb", "list"]).ok()?;
+        (lb.contains(&format!("{}:{REDIS} (", db.ip))
+            && !lb.contains(&format!("{}:{REDIS} (", db2.ip)))
+        .then_some(())
+    });
     until_reachability(
         "cluster1's traffic stays, cluster2's employee is cut off",
         &[
