@@ -35,7 +35,7 @@ fn table(services: &[(Frontend, &[BackendAddr])]) -> LbTable {
             .map(|(f, backends)| {
                 let spec = ServiceSpec {
                     backends: backends.iter().copied().collect(),
-                    affinity_timeout_s: None,
+                    ..Default::default()
                 };
                 (*f, spec)
             })
@@ -119,6 +119,37 @@ fn frontends_are_balanced_to_backends_before_the_policy() {
     for _ in 0..10 {
         assert!(echoes(&mut stream), "the connection stays on its backend");
     }
+
+    // Its backend starts terminating (still serving): the connection stays, new
+    // connections to the frontend go to the ready backends only.
+    let mut draining = table(&[
+        (redis, &[at(stranger, 6379)]),
+        (dns, &[at(db, 5353)]),
+        (echo, &[at(stranger, 7000)]),
+    ]);
+    for (f, terminating) in [(&redis, at(db, 6379)), (&echo, at(db, 7000))] {
+        if let Some(spec) = draining.services.get_mut(f) {
+            spec.terminating.insert(terminating);
+        }
+    }
+    lb.apply(&draining).expect("apply");
+    assert!(
+        echoes(&mut stream),
+        "a terminating backend keeps its connection"
+    );
+    let fresh: std::collections::BTreeSet<Option<String>> =
+        (0..10).map(|_| banner(&bed.employee.ns, VIP, 80)).collect();
+    assert_eq!(
+        fresh,
+        [Some("stranger".to_owned())].into_iter().collect(),
+        "new ones avoid it"
+    );
+    lb.apply(&table(&[
+        (redis, &two_backends),
+        (dns, &[at(db, 5353)]),
+        (echo, &[at(stranger, 7000), at(db, 7000)]),
+    ]))
+    .expect("apply");
 
     // The egress policy meets the backend: the employee may reach only the db's identity on
     // 6379. Without the translation it would see the frontend (world) and drop everything.

@@ -333,6 +333,9 @@ authentication:
 authorization:
   mode: Webhook
 evictionHard: {{memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}}
+# The images are imported, never pullable: a full disk must not garbage-collect them.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
 "#,
         ip = spec.ip,
         cgroup = spec.cgroup,

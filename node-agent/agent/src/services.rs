@@ -135,8 +135,41 @@ fn affinity_timeout(service: &Service) -> Option<u32> {
     })
 }
 
+/// This cluster's endpoints of `service` that are terminating but still serving (Kubernetes'
+/// `serving` and `terminating` conditions), by port name: they keep their connections.
+fn terminating(
+    service: &Service,
+    slices: &[Arc<EndpointSlice>],
+) -> BTreeMap<String, Vec<BackendAddr>> {
+    let mut out: BTreeMap<String, Vec<BackendAddr>> = BTreeMap::new();
+    for slice in slices_of(service, slices.iter().map(Arc::as_ref)) {
+        let draining = slice.endpoints.iter().filter(|e| {
+            e.conditions.as_ref().is_some_and(|c| {
+                c.terminating == Some(true) && c.serving == Some(true) && c.ready != Some(true)
+            })
+        });
+        for endpoint in draining {
+            for address in endpoint.addresses.iter().filter_map(|a| a.parse().ok()) {
+                for port in slice.ports.iter().flatten() {
+                    let Some(number) = port.port.and_then(|p| u16::try_from(p).ok()) else {
+                        continue;
+                    };
+                    out.entry(port.name.clone().unwrap_or_default())
+                        .or_default()
+                        .push(BackendAddr {
+                            ip: address,
+                            port: number,
+                        });
+                }
+            }
+        }
+    }
+    out
+}
+
 /// What the node balances: each cluster IP × service port (TCP and UDP) over the ready
-/// backends of the same port name, a global service's shared remote backends included.
+/// backends of the same port name, a global service's shared remote backends included;
+/// terminating local backends keep their connections.
 pub fn lb_table(
     cluster: &str,
     cluster_id: u8,
@@ -148,6 +181,7 @@ pub fn lb_table(
     for service in services {
         let (local, shared) = publications(cluster, cluster_id, service, slices, remote);
         let affinity_timeout_s = affinity_timeout(service);
+        let draining = terminating(service, slices);
         for (ip, ports) in &local.frontends {
             let Ok(ip) = ip.parse::<IpAddr>() else {
                 continue;
@@ -174,6 +208,7 @@ pub fn lb_table(
                 };
                 let spec = ServiceSpec {
                     backends,
+                    terminating: draining.get(name).into_iter().flatten().copied().collect(),
                     affinity_timeout_s,
                 };
                 table.services.insert(frontend, spec);
@@ -312,7 +347,9 @@ mod tests {
                 "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
                           {"name": "dns", "port": 5353, "protocol": "UDP"}],
                 "endpoints": [{"addresses": ["10.210.0.7"]},
-                              {"addresses": ["10.210.0.8"], "conditions": {"ready": false}}],
+                              {"addresses": ["10.210.0.8"], "conditions": {"ready": false}},
+                              {"addresses": ["10.210.0.9"], "conditions":
+                                  {"ready": false, "serving": true, "terminating": true}}],
             }))
             .expect("slice"),
         );
@@ -333,6 +370,14 @@ mod tests {
             "the ready endpoint only, at the target port"
         );
         assert_eq!(http.affinity_timeout_s, Some(10_800));
+        assert_eq!(
+            http.terminating.iter().copied().collect::<Vec<_>>(),
+            [BackendAddr {
+                ip: "10.210.0.9".parse().expect("ip"),
+                port: 8080
+            }],
+            "the terminating endpoint keeps its connections"
+        );
         let dns = &table.services[&Frontend {
             ip,
             port: 53,

@@ -34,6 +34,8 @@ pub struct BackendAddr {
 pub struct ServiceSpec {
     /// Ready backends; new connections spread over them.
     pub backends: BTreeSet<BackendAddr>,
+    /// Terminating backends that still serve: their connections stay, new ones go elsewhere.
+    pub terminating: BTreeSet<BackendAddr>,
     /// `sessionAffinity: ClientIP`: a client keeps its backend this many seconds.
     pub affinity_timeout_s: Option<u32>,
 }
@@ -109,7 +111,12 @@ impl Numbering {
         let live: BTreeSet<(BackendAddr, u8)> = table
             .services
             .iter()
-            .flat_map(|(f, spec)| spec.backends.iter().map(|b| (*b, f.protocol)))
+            .flat_map(|(f, spec)| {
+                spec.backends
+                    .iter()
+                    .chain(&spec.terminating)
+                    .map(|b| (*b, f.protocol))
+            })
             .collect();
         self.backends.retain(|key, _| live.contains(key));
     }
@@ -122,6 +129,15 @@ fn service_key(frontend: &Frontend, slot: u16) -> abi::LbServiceKey {
         slot,
         protocol: frontend.protocol,
         family: addr::family(frontend.ip),
+        pad: 0,
+    }
+}
+
+fn backend_entry(backend: &BackendAddr) -> abi::LbBackend {
+    abi::LbBackend {
+        addr: addr::to_words(backend.ip),
+        port: backend.port.to_be(),
+        family: addr::family(backend.ip),
         pad: 0,
     }
 }
@@ -149,19 +165,22 @@ impl LbTable {
                 .collect();
             let count = u16::try_from(backends.len())
                 .map_err(|_| Error::Config(format!("{frontend:?} has too many backends")))?;
+            // A terminating backend keeps its entry (and id) but gets no slot.
+            let draining = spec
+                .terminating
+                .iter()
+                .filter(|b| same_family(frontend, b) && !spec.backends.contains(b));
+            for backend in draining {
+                let id = numbering
+                    .backend(*backend, frontend.protocol)
+                    .ok_or_else(|| full("backend"))?;
+                out.backends.insert(id, backend_entry(backend));
+            }
             for (slot, backend) in (1..=count).zip(&backends) {
                 let id = numbering
                     .backend(**backend, frontend.protocol)
                     .ok_or_else(|| full("backend"))?;
-                out.backends.insert(
-                    id,
-                    abi::LbBackend {
-                        addr: addr::to_words(backend.ip),
-                        port: backend.port.to_be(),
-                        family: addr::family(backend.ip),
-                        pad: 0,
-                    },
-                );
+                out.backends.insert(id, backend_entry(backend));
                 out.services.insert(
                     service_key(frontend, slot),
                     abi::LbService {
@@ -429,7 +448,7 @@ mod tests {
                         *f,
                         ServiceSpec {
                             backends: b.iter().copied().collect(),
-                            affinity_timeout_s: None,
+                            ..Default::default()
                         },
                     )
                 })
@@ -580,6 +599,28 @@ mod tests {
             }
             assert_eq!(held, wanted);
         }
+    }
+
+    #[test]
+    fn a_terminating_backend_keeps_its_id_but_loses_its_slot() {
+        let mut numbering = Numbering::default();
+        let both = table(&[(frontend(10, 80), &[backend(1, 80), backend(2, 80)])]);
+        let before = both.encode(&mut numbering).expect("encode");
+        let mut draining = table(&[(frontend(10, 80), &[backend(2, 80)])]);
+        if let Some(spec) = draining.services.values_mut().next() {
+            spec.terminating.insert(backend(1, 80));
+        }
+        let after = draining.encode(&mut numbering).expect("encode");
+        let zero = after.services[&service_key(&frontend(10, 80), 0)];
+        assert_eq!(zero.count, 1, "new connections only to the ready one");
+        assert_eq!(
+            before.backends, after.backends,
+            "both entries stay, ids unchanged"
+        );
+        let gone = table(&[(frontend(10, 80), &[backend(2, 80)])])
+            .encode(&mut numbering)
+            .expect("encode");
+        assert_eq!(gone.backends.len(), 1, "once it stops serving it goes");
     }
 
     #[test]
