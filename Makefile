@@ -2,7 +2,7 @@
 # kube-apiserver, formatting and lints) and installs what it needs first.
 CARGO ?= cargo
 
-.PHONY: all deps build cni-static test unit e2e conformance bench lint lint-chart crds cluster-in-a-box demo demo-clustermesh demo-kubelet image clean
+.PHONY: all deps build cni-static test unit e2e conformance chaos bench lint lint-chart crds cluster-in-a-box demo demo-clustermesh demo-kubelet image clean
 
 all: build
 
@@ -41,6 +41,17 @@ e2e: deps cni-static
 conformance: deps cni-static
 	$(CARGO) build --workspace --bins
 	CILIUM_RS_CONFORMANCE=full $(CARGO) test -p e2e --test conformance -- --nocapture
+
+## chaos: faults with numbers (leader kills, apiserver and etcd restarts under churn, agent
+## SIGKILL with 500 endpoints; prints a table, asserts nothing) and the generated-input
+## properties run long; CHAOS=leader|apiserver|etcd|agent runs one scenario
+CHAOS_CASES ?= 20000
+chaos: deps cni-static
+	$(CARGO) build --workspace --bins
+	PROPTEST_CASES=$(CHAOS_CASES) $(CARGO) test -p cilium-policy --test generated_policies
+	PROPTEST_CASES=$(CHAOS_CASES) $(CARGO) test -p cilium-cni --test generated_requests
+	PROPTEST_CASES=$(CHAOS_CASES) $(CARGO) test -p cilium-agent --lib generated
+	./target/debug/chaos $(CHAOS)
 
 ## bench: the speed and memory numbers (release build, own cluster-in-a-box; prints, never asserts)
 bench: deps

@@ -1,0 +1,264 @@
+//! Faults of the operator's world: its leader killed during churn, the apiserver and its
+//! etcd killed and restarted under churn.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use e2e::ClusterBed;
+use e2e::operator::{FAST_LEASE, OperatorProcess, kill_leader};
+use serde_json::Value;
+
+use crate::{Row, spread};
+
+/// 4,096 blocks of /24: churn never exhausts it.
+const POOL: &str = "--cluster-pool-ipv4-cidr=10.0.0.0/12";
+
+fn apply(bed: &ClusterBed, objects: &[Value]) -> anyhow::Result<()> {
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
+    bed.kubectl_run(&["apply", "-f", "-"], Some(&list.to_string()))?;
+    Ok(())
+}
+
+fn node(name: &str) -> Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+}
+
+fn pod(name: &str, app: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+        "spec": {"containers": [{"name": "main", "image": "registry.invalid/pause:3.9"}]},
+    })
+}
+
+/// CiliumNode name → its IPv4 PodCIDRs.
+fn pod_cidrs(bed: &ClusterBed) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    Ok(bed
+        .list("ciliumnodes")?
+        .iter()
+        .map(|cn| {
+            let cidrs = cn["spec"]["ipam"]["podCIDRs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str().map(str::to_owned))
+                .collect();
+            (
+                cn["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                cidrs,
+            )
+        })
+        .collect())
+}
+
+/// Blocks given to more than one node.
+fn duplicate_cidrs(cidrs: &BTreeMap<String, Vec<String>>) -> usize {
+    let all: Vec<&String> = cidrs.values().flatten().collect();
+    let distinct: BTreeSet<&&String> = all.iter().collect();
+    all.len() - distinct.len()
+}
+
+/// Label sets with more than one CiliumIdentity, and the label sets that have one.
+fn identities(bed: &ClusterBed) -> anyhow::Result<(usize, BTreeSet<String>)> {
+    let mut by_labels: BTreeMap<String, usize> = BTreeMap::new();
+    for cid in bed.list("ciliumidentities")? {
+        *by_labels
+            .entry(cid["security-labels"].to_string())
+            .or_default() += 1;
+    }
+    let duplicates = by_labels.values().filter(|n| **n > 1).count();
+    Ok((duplicates, by_labels.into_keys().collect()))
+}
+
+/// Creates Nodes and Pods in batches every 500 ms until `stop`; the names it created.
+fn churn(bed: &ClusterBed, stop: &AtomicBool, prefix: &str, label_sets: usize) -> Vec<String> {
+    let mut nodes = Vec::new();
+    let mut batch = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let names: Vec<String> = (0..10).map(|i| format!("{prefix}-{batch}-{i}")).collect();
+        let mut objects: Vec<Value> = names.iter().map(|n| node(n)).collect();
+        objects.extend((0..20).map(|i| {
+            pod(
+                &format!("{prefix}-{batch}-{i}"),
+                &format!("app-{}", (batch * 20 + i) % label_sets),
+            )
+        }));
+        // During an outage the apply fails; the batch is tried again.
+        if apply(bed, &objects).is_ok() {
+            nodes.extend(names);
+            batch += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    nodes
+}
+
+/// Waits until every node of `nodes` has a PodCIDR; those still without one after
+/// `timeout`.
+fn missing_cidrs(bed: &ClusterBed, nodes: &[String], timeout: Duration) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let cidrs = pod_cidrs(bed)?;
+        let missing = nodes
+            .iter()
+            .filter(|n| cidrs.get(*n).is_none_or(Vec::is_empty))
+            .count();
+        if missing == 0 || Instant::now() > deadline {
+            return Ok(missing);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Two replicas; the leader is SIGKILLed `kills` times while Nodes and Pods are created, a
+/// new replica replacing each one killed.
+pub fn leader_kills(kills: usize) -> anyhow::Result<Row> {
+    let bed = ClusterBed::start().context("bed")?;
+    let flags = [POOL, FAST_LEASE[0], FAST_LEASE[1], FAST_LEASE[2]];
+    let mut replicas = vec![
+        OperatorProcess::start(&bed, "replica-0", "kube-system", &flags)?,
+        OperatorProcess::start(&bed, "replica-1", "kube-system", &flags)?,
+    ];
+    let stop = AtomicBool::new(false);
+    let label_sets = 150;
+    let (nodes, takeovers) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let churned = scope.spawn(|| churn(&bed, &stop, "churn", label_sets));
+        let mut takeovers = Vec::new();
+        for kill in 0..kills {
+            std::thread::sleep(Duration::from_secs(2));
+            let started = Instant::now();
+            kill_leader(&bed, "kube-system", &mut replicas, Duration::from_secs(60));
+            takeovers.push(started.elapsed());
+            replicas.push(OperatorProcess::start(
+                &bed,
+                &format!("replica-{}", kill + 2),
+                "kube-system",
+                &flags,
+            )?);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let nodes = churned
+            .join()
+            .map_err(|_| anyhow::anyhow!("the churn thread panicked"))?;
+        Ok((nodes, takeovers))
+    })?;
+    let missed = missing_cidrs(&bed, &nodes, Duration::from_secs(120))?;
+    let pods = nodes.len() * 2;
+    let wanted: usize = label_sets.min(pods);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (duplicate_ids, sets) = loop {
+        let (duplicates, sets) = identities(&bed)?;
+        if sets.len() >= wanted || Instant::now() > deadline {
+            break (duplicates, sets);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let duplicate_blocks = duplicate_cidrs(&pod_cidrs(&bed)?);
+    let mut takeovers = takeovers;
+    Ok(Row {
+        fault: format!(
+            "operator leader SIGKILL ×{kills} during churn ({} Nodes, {pods} Pods, {label_sets} label sets), lease 4 s",
+            nodes.len()
+        ),
+        measured: format!(
+            "takeover {}; duplicate PodCIDRs {duplicate_blocks}, duplicate identities {duplicate_ids}; Nodes without a PodCIDR {missed}, label sets without an identity {}",
+            spread(&mut takeovers),
+            wanted.saturating_sub(sets.len())
+        ),
+        goal: "takeover ≤ lease duration, 0 duplicates, 0 missed",
+    })
+}
+
+/// Nodes created every 500 ms while `fault` runs; how long those created after it took to
+/// get a PodCIDR.
+fn under_churn(
+    what: &str,
+    fault: impl FnOnce(&ClusterBed) -> anyhow::Result<()>,
+) -> anyhow::Result<Row> {
+    let bed = ClusterBed::start().context("bed")?;
+    // The lease outlasts the outage: the same leader must serve after it.
+    let flags = [
+        POOL,
+        "--leader-election-lease-duration=60s",
+        "--leader-election-renew-deadline=45s",
+        "--leader-election-retry-period=2s",
+    ];
+    let _operator = OperatorProcess::start(&bed, "chaos", "kube-system", &flags)?;
+    let created: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        scope.spawn(|| {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("node-{n}");
+                if apply(&bed, &[node(&name)]).is_ok() {
+                    created
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((name, Instant::now()));
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let result = fault(&bed);
+        std::thread::sleep(Duration::from_secs(10));
+        stop.store(true, Ordering::Relaxed);
+        result
+    })?;
+    // Every Node: when it got its PodCIDR (polled every 100 ms).
+    let created = created.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut served: BTreeMap<String, Instant> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while served.len() < created.len() && Instant::now() < deadline {
+        for (name, cidrs) in pod_cidrs(&bed)? {
+            if !cidrs.is_empty() {
+                served.entry(name).or_insert_with(Instant::now);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let missed = created
+        .iter()
+        .filter(|(n, _)| !served.contains_key(n))
+        .count();
+    // Only Nodes created after the fault say how fast the watches resumed; the first of
+    // them is the one that waited longest.
+    let mut delays: Vec<Duration> = created
+        .iter()
+        .rev()
+        .take(15)
+        .filter_map(|(n, at)| Some(served.get(n)?.saturating_duration_since(*at)))
+        .collect();
+    Ok(Row {
+        fault: format!("{what}, 13 s, a Node created every 500 ms"),
+        measured: format!(
+            "Nodes created after it served in {}; missed {missed} of {}",
+            spread(&mut delays),
+            created.len()
+        ),
+        goal: "served ≤ 5 s after it is back, 0 missed",
+    })
+}
+
+pub fn apiserver_restart() -> anyhow::Result<Row> {
+    under_churn("kube-apiserver kill and restart", |bed| {
+        bed.restart_apiserver(Duration::from_secs(13))
+            .context("restarting the apiserver")
+    })
+}
+
+pub fn etcd_restart() -> anyhow::Result<Row> {
+    under_churn("the apiserver's etcd kill and restart", |bed| {
+        bed.etcd().stop();
+        std::thread::sleep(Duration::from_secs(13));
+        bed.etcd().resume().context("restarting etcd")
+    })
+}
