@@ -2,7 +2,9 @@
 //! global services, read from its kvstore. Every value is checked before it is taken: a
 //! value that does not parse, or claims what the cluster may not (an identity outside its
 //! cluster id's range, another cluster's name), is refused and counted, and the key's
-//! previous value is dropped rather than kept stale.
+//! previous value is dropped rather than kept stale. What a cluster can make the agent hold
+//! is bounded ([`Limits`]): values past a size, and keys past a count per kind, are refused
+//! and counted too.
 
 use std::collections::BTreeMap;
 
@@ -50,11 +52,38 @@ fn classify<'a>(cluster: &str, key: &'a str) -> Option<RemoteKey<'a>> {
         .map(RemoteKey::Identity)
 }
 
+/// How much one remote cluster may make the agent hold. With the defaults a cluster costs
+/// at most ~350 MiB (the benchmark measured 1.6 KiB per remote endpoint; the IPs dominate),
+/// and Cilium's published scale (50k–100k pods, 10k identities, 1k nodes per cluster) fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest value taken (a ClusterService with thousands of backends fits).
+    pub value_bytes: usize,
+    pub nodes: usize,
+    /// A cluster id's whole identity range.
+    pub identities: usize,
+    pub ips: usize,
+    pub services: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            value_bytes: 1 << 20,
+            nodes: 10_000,
+            identities: 1 << 16,
+            ips: 200_000,
+            services: 50_000,
+        }
+    }
+}
+
 /// The state of one remote cluster.
 #[derive(Debug, Clone, Default)]
 pub struct RemoteCache {
     cluster: String,
     scope: Option<ClusterScope>,
+    limits: Limits,
     pub nodes: BTreeMap<String, KvNode>,
     pub identities: BTreeMap<u32, LabelSet>,
     pub ips: BTreeMap<String, IpIdentityPair>,
@@ -67,11 +96,53 @@ pub struct RemoteCache {
 impl RemoteCache {
     /// An empty cache of cluster `name`, whose identities lie in `cluster_id`'s range.
     pub fn new(name: &str, cluster_id: u8) -> Self {
+        Self::with_limits(name, cluster_id, Limits::default())
+    }
+
+    pub fn with_limits(name: &str, cluster_id: u8, limits: Limits) -> Self {
         Self {
             cluster: name.to_owned(),
             scope: Some(ClusterScope::new(cluster_id)),
+            limits,
             ..Self::default()
         }
+    }
+
+    /// Whether a new key of `kind` would take the cluster past its limit for that kind.
+    fn full(&self, kind: &RemoteKey<'_>) -> Option<String> {
+        let (held, limit, what, present) = match kind {
+            RemoteKey::Node(name) => (
+                self.nodes.len(),
+                self.limits.nodes,
+                "nodes",
+                self.nodes.contains_key(*name),
+            ),
+            RemoteKey::Identity(id) => (
+                self.identities.len(),
+                self.limits.identities,
+                "identities",
+                id.parse::<u32>()
+                    .is_ok_and(|id| self.identities.contains_key(&id)),
+            ),
+            RemoteKey::Ip(ip) => (
+                self.ips.len(),
+                self.limits.ips,
+                "IPs",
+                self.ips.contains_key(*ip),
+            ),
+            RemoteKey::Service(name) => (
+                self.services.len(),
+                self.limits.services,
+                "services",
+                self.services.contains_key(*name),
+            ),
+        };
+        (!present && held >= limit).then(|| {
+            format!(
+                "cluster {:?} already has {held} {what}, the most one cluster may have",
+                self.cluster
+            )
+        })
     }
 
     fn refuse(&mut self, key: &str, reason: impl ToString) {
@@ -99,6 +170,21 @@ impl RemoteCache {
         let Some(kind) = classify(&self.cluster, key) else {
             return false;
         };
+        if value.len() > self.limits.value_bytes {
+            let reason = format!(
+                "{key}: a value of {} bytes, over the {} taken",
+                value.len(),
+                self.limits.value_bytes
+            );
+            self.refuse(key, reason);
+            self.delete(key);
+            return true;
+        }
+        if let Some(reason) = self.full(&kind) {
+            // Nothing held changes: the key was not there.
+            self.refuse(key, format!("{key}: {reason}"));
+            return true;
+        }
         let taken = match kind {
             RemoteKey::Node(name) => KvNode::decode(key, value)
                 .map_err(|e| e.to_string())
@@ -331,6 +417,44 @@ pub(crate) mod tests {
             check_config("cluster2", &big, 101, &others),
             Err(ConfigError::IdOutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn a_cluster_cannot_make_the_agent_hold_more_than_its_limits() {
+        let limits = Limits {
+            value_bytes: 512,
+            ips: 3,
+            ..Limits::default()
+        };
+        let mut cache = RemoteCache::with_limits("cluster2", 102, limits);
+        for last in 0..5 {
+            let ip = format!("10.211.0.{last}");
+            cache.put(&keys::ip_key(&ip), &pair(&ip, C2 + 300));
+        }
+        assert_eq!(cache.ips.len(), 3, "the fourth and fifth IPs are refused");
+        assert_eq!(cache.invalid, 2);
+        assert!(
+            cache
+                .last_invalid
+                .as_deref()
+                .is_some_and(|r| r.contains("already has 3 IPs")),
+            "{:?}",
+            cache.last_invalid
+        );
+        // An update of a key already held is not a new key.
+        assert!(cache.put(&keys::ip_key("10.211.0.0"), &pair("10.211.0.0", C2 + 301)));
+        assert_eq!(cache.ips["10.211.0.0"].id, C2 + 301);
+        // Oversized: refused, and the key's old value goes (nothing stale stays).
+        let mut huge = pair("10.211.0.1", C2 + 300);
+        huge.extend(std::iter::repeat_n(b' ', 600));
+        cache.put(&keys::ip_key("10.211.0.1"), &huge);
+        assert!(!cache.ips.contains_key("10.211.0.1"));
+        assert!(
+            cache
+                .last_invalid
+                .as_deref()
+                .is_some_and(|r| r.contains("over the 512"))
+        );
     }
 
     mod generated {
