@@ -142,3 +142,23 @@ pub fn kill_leader(
     });
     (holder, next)
 }
+
+/// CiliumNode name → its podCIDRs.
+pub fn pod_cidrs(
+    bed: &ClusterBed,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, Error> {
+    Ok(bed
+        .list("ciliumnodes")?
+        .iter()
+        .map(|cn| {
+            let cidrs = cn["spec"]["ipam"]["podCIDRs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str().map(str::to_owned))
+                .collect();
+            let name = cn["metadata"]["name"].as_str().unwrap_or_default();
+            (name.to_owned(), cidrs)
+        })
+        .collect())
+}

@@ -19,25 +19,7 @@ fn create_nodes(bed: &ClusterBed, names: impl IntoIterator<Item = String>) {
 
 /// CiliumNode name → podCIDRs.
 fn pod_cidrs(bed: &ClusterBed) -> BTreeMap<String, Vec<String>> {
-    bed.list("ciliumnodes")
-        .expect("list ciliumnodes")
-        .iter()
-        .map(|cn| {
-            let cidrs = cn["spec"]["ipam"]["podCIDRs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c.as_str().map(str::to_owned))
-                .collect();
-            (
-                cn["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                cidrs,
-            )
-        })
-        .collect()
+    e2e::operator::pod_cidrs(bed).expect("list ciliumnodes")
 }
 
 fn operator_error(bed: &ClusterBed, node: &str) -> String {

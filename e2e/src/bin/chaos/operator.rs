@@ -34,27 +34,8 @@ fn pod(name: &str, app: &str) -> Value {
     })
 }
 
-/// CiliumNode name → its IPv4 PodCIDRs.
 fn pod_cidrs(bed: &ClusterBed) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
-    Ok(bed
-        .list("ciliumnodes")?
-        .iter()
-        .map(|cn| {
-            let cidrs = cn["spec"]["ipam"]["podCIDRs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c.as_str().map(str::to_owned))
-                .collect();
-            (
-                cn["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                cidrs,
-            )
-        })
-        .collect())
+    Ok(e2e::operator::pod_cidrs(bed)?)
 }
 
 /// Blocks given to more than one node.
