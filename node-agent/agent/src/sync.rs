@@ -334,10 +334,13 @@ impl Reconciler {
                 if record.identity == ReservedIdentity::Init.id().0 {
                     continue;
                 }
-                // The identity's labels; the endpoint's own if its CiliumIdentity is gone
-                // (deleted, or not yet seen): it still gets every policy change.
-                let labels = match state.labels(record.identity) {
-                    Some(labels) => labels.clone(),
+                // What selects the endpoint is its pod's labels as they are now: a pod
+                // relabelled into a policy's selector is enforced at once, not once its new
+                // identity is allocated (peers keep seeing the old identity until then).
+                // Without the pod, the identity's labels, or the endpoint's own record.
+                let current = self.identity_labels(&record);
+                let labels = match current.or_else(|| state.labels(record.identity).cloned()) {
+                    Some(labels) => labels,
                     None => match record_labels(&record) {
                         Ok(labels) => labels,
                         Err(e) => {
@@ -443,23 +446,10 @@ impl Reconciler {
             .iter()
             .map(|(id, labels)| (labels, *id))
             .collect();
-        let node = self.agent.node();
         for record in self.agent.records() {
-            let Some(pod) = self.pod_of(&record) else {
+            let Some(labels) = self.identity_labels(&record) else {
                 continue;
             };
-            let namespace = self
-                .caches
-                .namespaces
-                .get(&ObjectRef::new(&record.k8s_namespace));
-            let labels = pod_identity_labels(
-                &pod,
-                namespace
-                    .as_ref()
-                    .and_then(|ns| ns.metadata.labels.as_ref()),
-                &node.cluster_name,
-                &self.filter,
-            );
             let Some(identity) = index.get(&labels) else {
                 continue;
             };
@@ -507,6 +497,24 @@ impl Reconciler {
     }
 
     /// The Pod of endpoint `record`, once the cache has it.
+    /// The identity labels of `record`'s pod as the caches hold it now (its labels, its
+    /// namespace's, the cluster), filtered; `None` while the pod is not known.
+    fn identity_labels(&self, record: &EndpointRecord) -> Option<LabelSet> {
+        let pod = self.pod_of(record)?;
+        let namespace = self
+            .caches
+            .namespaces
+            .get(&ObjectRef::new(&record.k8s_namespace));
+        Some(pod_identity_labels(
+            &pod,
+            namespace
+                .as_ref()
+                .and_then(|ns| ns.metadata.labels.as_ref()),
+            &self.agent.node().cluster_name,
+            &self.filter,
+        ))
+    }
+
     fn pod_of(&self, record: &EndpointRecord) -> Option<Arc<Pod>> {
         self.caches
             .pods

@@ -536,7 +536,10 @@ pub(crate) mod tests {
 
             /// The generator is not all junk: cluster2's own values get in.
             #[test]
-            fn valid_remote_values_are_taken(id in C2..C2 + 65_536, last in 0u8..255) {
+            fn valid_remote_values_are_taken(
+                id in ClusterScope::new(102).first().0..=ClusterScope::new(102).last().0,
+                last in 0u8..255,
+            ) {
                 let mut cache = RemoteCache::new("cluster2", 102);
                 let ip = format!("10.211.0.{last}");
                 prop_assert!(cache.put(&keys::ip_key(&ip), &pair(&ip, id)));
