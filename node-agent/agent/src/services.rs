@@ -82,17 +82,16 @@ pub fn local_global(services: &[Arc<Service>]) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-/// A Service as this cluster publishes it, and the shared publications of the remote
-/// clusters whose backends join it (only for a global service).
+/// A Service as this cluster publishes it (from `own`, its EndpointSlices), and the shared
+/// publications of the remote clusters whose backends join it (only for a global service).
 fn publications<'a>(
     cluster: &str,
     cluster_id: u8,
     service: &Service,
-    slices: &[Arc<EndpointSlice>],
+    own: &[&EndpointSlice],
     remote: &'a [Arc<RemoteCache>],
 ) -> (ClusterService, Vec<&'a ClusterService>) {
-    let own = slices_of(service, slices.iter().map(Arc::as_ref));
-    let local = ClusterService::from_k8s(cluster, cluster_id, service, &own);
+    let local = ClusterService::from_k8s(cluster, cluster_id, service, own);
     let shared = if is_global(service) {
         let key = format!(
             "{}/{}",
@@ -135,14 +134,12 @@ fn affinity_timeout(service: &Service) -> Option<u32> {
     })
 }
 
-/// This cluster's endpoints of `service` that are terminating but still serving (Kubernetes'
-/// `serving` and `terminating` conditions), by port name: they keep their connections.
-fn terminating(
-    service: &Service,
-    slices: &[Arc<EndpointSlice>],
-) -> BTreeMap<String, Vec<BackendAddr>> {
+/// The endpoints of `own` (a service's EndpointSlices) that are terminating but still
+/// serving (Kubernetes' `serving` and `terminating` conditions), by port name: they keep
+/// their connections.
+fn terminating(own: &[&EndpointSlice]) -> BTreeMap<String, Vec<BackendAddr>> {
     let mut out: BTreeMap<String, Vec<BackendAddr>> = BTreeMap::new();
-    for slice in slices_of(service, slices.iter().map(Arc::as_ref)) {
+    for slice in own {
         let draining = slice.endpoints.iter().filter(|e| {
             e.conditions.as_ref().is_some_and(|c| {
                 c.terminating == Some(true) && c.serving == Some(true) && c.ready != Some(true)
@@ -179,9 +176,10 @@ pub fn lb_table(
 ) -> LbTable {
     let mut table = LbTable::default();
     for service in services {
-        let (local, shared) = publications(cluster, cluster_id, service, slices, remote);
+        let own = slices_of(service, slices.iter().map(Arc::as_ref));
+        let (local, shared) = publications(cluster, cluster_id, service, &own, remote);
         let affinity_timeout_s = affinity_timeout(service);
-        let draining = terminating(service, slices);
+        let draining = terminating(&own);
         for (ip, ports) in &local.frontends {
             let Ok(ip) = ip.parse::<IpAddr>() else {
                 continue;
@@ -231,7 +229,8 @@ pub fn service_list(
     let mut models = Vec::new();
     for service in sorted {
         let (namespace, name) = (service.namespace().unwrap_or_default(), service.name_any());
-        let (local, shared) = publications(cluster, cluster_id, service, slices, remote);
+        let own = slices_of(service, slices.iter().map(Arc::as_ref));
+        let (local, shared) = publications(cluster, cluster_id, service, &own, remote);
         let frontends = addresses(&local.frontends);
         if frontends.is_empty() {
             continue;

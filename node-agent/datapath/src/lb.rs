@@ -379,7 +379,8 @@ impl ServiceMaps {
 /// The frontends the maps pinned in `pins` hold (`cilium bpf lb list`), read without
 /// taking them over.
 pub fn list(pins: &Path) -> Result<Vec<LbEntry>, Error> {
-    Ok(entries_of(&ServiceMaps::open(pins)?.read()?))
+    // Opening reads both maps already.
+    Ok(entries_of(&ServiceMaps::open(pins)?.applied))
 }
 
 fn entries_of(held: &Encoded) -> Vec<LbEntry> {
