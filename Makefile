@@ -44,13 +44,14 @@ conformance: deps cni-static
 
 ## chaos: faults with numbers (leader kills, apiserver and etcd restarts under churn, agent
 ## SIGKILL with 500 endpoints; prints a table, asserts nothing) and the generated-input
-## properties run long; CHAOS=leader|apiserver|etcd|agent runs one scenario
+## properties run long; CHAOS=leader|apiserver|etcd|kvstore|agent|flood runs one scenario
 CHAOS_CASES ?= 20000
 chaos: deps cni-static
 	$(CARGO) build --workspace --bins
 	PROPTEST_CASES=$(CHAOS_CASES) $(CARGO) test -p cilium-policy --test generated_policies
 	PROPTEST_CASES=$(CHAOS_CASES) $(CARGO) test -p cilium-cni --test generated_requests
 	PROPTEST_CASES=$(CHAOS_CASES) $(CARGO) test -p cilium-agent --lib generated
+	PROPTEST_CASES=$(CHAOS_CASES) $(CARGO) test -p e2e --test generated_api
 	./target/debug/chaos $(CHAOS)
 
 ## bench: the speed and memory numbers (release build, own cluster-in-a-box; prints, never asserts)

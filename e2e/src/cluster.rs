@@ -387,18 +387,23 @@ pub fn agent_get(socket: &Path, path: &str) -> Option<(u16, String)> {
 }
 
 /// `method path` with `body` on an agent's unix socket (HTTP/1.0, so the agent closes the
-/// connection after answering).
+/// connection after answering). An agent may answer before it has read the body (a 405,
+/// a body past its limit) and close: the answer still counts, as it does for curl, even
+/// though the rest of the write or the end of the read then fails.
 pub fn agent_request(socket: &Path, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
     let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .ok()?;
+    let request = format!(
         "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
+    );
+    let _ = stream.write_all(request.as_bytes());
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
     let status = response.split(' ').nth(1)?.parse().ok()?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((status, body))

@@ -18,6 +18,7 @@ pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod realnode;
+pub mod remote_kvstore;
 pub mod traffic;
 
 pub use apiserver::{ApiServer, ApiServerOptions};

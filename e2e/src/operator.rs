@@ -119,28 +119,61 @@ pub fn http_get(port: u16, path: &str) -> String {
     response
 }
 
+/// A leader killed and the replica that took its place.
+pub struct Takeover {
+    pub killed: String,
+    pub next: String,
+    /// From the kill to the new holder's `acquireTime` (which it stamps as it writes
+    /// itself in; one clock, this machine's).
+    pub after: Duration,
+}
+
 /// Kills (`kill -9`) the replica holding the Lease in `namespace`, removes it from
-/// `replicas`, and waits until a remaining one holds the Lease; returns the killed
-/// replica's identity and the new holder's.
+/// `replicas`, and waits until a remaining one holds the Lease.
 pub fn kill_leader(
     bed: &ClusterBed,
     namespace: &str,
     replicas: &mut Vec<OperatorProcess>,
     timeout: Duration,
-) -> (String, String) {
+) -> Takeover {
     let holder = crate::wait_for("a lease holder", timeout, || lease_holder(bed, namespace));
     let index = replicas
         .iter()
         .position(|r| r.identity == holder)
         .expect("the holder is one of the replicas");
     let mut leader = replicas.remove(index);
+    let killed_at = k8s_openapi::jiff::Timestamp::now();
     leader.process.signal(libc::SIGKILL);
     leader.process.stop();
     let survivors: Vec<String> = replicas.iter().map(|r| r.identity.clone()).collect();
     let next = crate::wait_for("a surviving replica to take the lease", timeout, || {
         lease_holder(bed, namespace).filter(|h| survivors.contains(h))
     });
-    (holder, next)
+    let acquired = bed
+        .kubectl_run(
+            &[
+                "get",
+                "lease",
+                "cilium-operator-resource-lock",
+                "-n",
+                namespace,
+                "-o",
+                "jsonpath={.spec.acquireTime}",
+            ],
+            None,
+        )
+        .ok()
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .expect("the new holder's acquireTime");
+    let after = acquired
+        .duration_since(killed_at)
+        .try_into()
+        .unwrap_or_default();
+    Takeover {
+        killed: holder,
+        next,
+        after,
+    }
 }
 
 /// CiliumNode name → its podCIDRs.

@@ -330,7 +330,7 @@ fn identity_numbers_survive_restart_and_failover() {
         );
     }
 
-    let (holder, _) = kill_leader(&bed, "kube-system", &mut replicas, TIMEOUT);
+    let holder = kill_leader(&bed, "kube-system", &mut replicas, TIMEOUT).killed;
     bed.kubectl_run(
         &["apply", "-f", "-"],
         Some(&pod_yaml("team", "pod-f", &[("app", "f")])),

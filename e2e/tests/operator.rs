@@ -169,7 +169,7 @@ fn one_replica_leads_a_killed_leader_is_replaced_and_exhaustion_is_served() {
 
     // kill -9 the leader: the other replica takes over and serves c once a's block frees.
     let killed_at = Instant::now();
-    let (killed, _) = kill_leader(&bed, "kube-system", &mut replicas, Duration::from_secs(30));
+    let killed = kill_leader(&bed, "kube-system", &mut replicas, Duration::from_secs(30)).killed;
     assert_eq!(killed, holder);
     println!(
         "takeover after kill -9: {:?} (lease duration 4s)",

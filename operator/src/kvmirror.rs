@@ -33,7 +33,12 @@ use cilium_crds::pod_identity::parse_identity;
 
 /// Cilium writes its heartbeat every minute; readers treat 2 missed ones as a dead store.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Retries start at this and double up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The cluster's own etcd: a retry is one connection attempt, so it is cheap to try
+/// often, and a mirror that waited out a long backoff after an outage would serve
+/// remote clusters a stale view for that long.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct MirrorConfig {
@@ -75,7 +80,7 @@ impl Mirror {
     }
 
     pub async fn run(self, mut leading: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let mut backoff = Duration::from_secs(1);
+        let mut backoff = FIRST_BACKOFF;
         loop {
             leading.wait_for(|l| *l).await?;
             self.caches.ready().await?;
@@ -90,7 +95,7 @@ impl Mirror {
                     continue;
                 }
             }
-            backoff = Duration::from_secs(1);
+            backoff = FIRST_BACKOFF;
         }
     }
 

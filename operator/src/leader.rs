@@ -2,13 +2,22 @@
 //! holder renews every `retry_period`; a candidate takes the lease once it has seen the
 //! same record unchanged for `lease_duration` (local clock, so clock skew does not matter);
 //! a leader that cannot renew within `renew_deadline` stops leading.
+//!
+//! A candidate watches the Lease as well as polling it, so it sees each renewal when it
+//! is written rather than up to a retry period later, and it tries to take over at the
+//! moment the record it saw expires rather than at its next poll: a dead leader is
+//! replaced one lease duration after its last renewal, not up to two retry periods later.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
+use kube::runtime::watcher;
 use tokio::sync::watch;
 
 /// Cilium's lease name.
@@ -48,6 +57,30 @@ pub struct Observation {
     since: Option<Instant>,
 }
 
+impl Observation {
+    /// Notes that `record` was read at `now`; its clock restarts only when it changed.
+    fn see(&mut self, record: &Record, now: Instant) {
+        if self.record.as_ref() != Some(record) {
+            self.record = Some(record.clone());
+            self.since = Some(now);
+        }
+    }
+
+    /// When the record last seen expires, if another replica holds it.
+    fn expiry(&self, default_duration: Duration) -> Option<Instant> {
+        let record = self.record.as_ref()?;
+        record.holder.as_deref().filter(|h| !h.is_empty())?;
+        Some(self.since? + record_duration(record, default_duration))
+    }
+}
+
+fn record_duration(record: &Record, default_duration: Duration) -> Duration {
+    record
+        .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(default_duration, Duration::from_secs)
+}
+
 /// Decides from the lease's record, who we are, and how long we have watched the record.
 pub fn decide(
     record: &Record,
@@ -61,14 +94,8 @@ pub fn decide(
         None | Some("") => return Decision::TakeOver,
         Some(_) => {}
     }
-    if observed.record.as_ref() != Some(record) {
-        observed.record = Some(record.clone());
-        observed.since = Some(now);
-    }
-    let duration = record
-        .lease_duration_seconds
-        .and_then(|s| u64::try_from(s).ok())
-        .map_or(default_duration, Duration::from_secs);
+    observed.see(record, now);
+    let duration = record_duration(record, default_duration);
     match observed.since {
         Some(since) if now.duration_since(since) >= duration => Decision::TakeOver,
         _ => Decision::Wait,
@@ -93,7 +120,36 @@ pub async fn run(
     timing: Timing,
     leading: watch::Sender<bool>,
 ) -> anyhow::Result<()> {
-    let mut observed = Observation::default();
+    let observed = Arc::new(Mutex::new(Observation::default()));
+    let watching = tokio::spawn(observe(api.clone(), observed.clone()));
+    let elected = elect(&api, &me, timing, &leading, &observed).await;
+    watching.abort();
+    elected
+}
+
+/// Stamps each version of the Lease with when it was seen, as soon as it is written.
+async fn observe(api: Api<Lease>, observed: Arc<Mutex<Observation>>) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={LEASE_NAME}"));
+    let events = cilium_crds::cache::resume(watcher(api, config));
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        if let Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) = event {
+            lock(&observed).see(&record_of(&lease), Instant::now());
+        }
+    }
+}
+
+fn lock(observed: &Mutex<Observation>) -> std::sync::MutexGuard<'_, Observation> {
+    observed.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn elect(
+    api: &Api<Lease>,
+    me: &str,
+    timing: Timing,
+    leading: &watch::Sender<bool>,
+    observed: &Mutex<Observation>,
+) -> anyhow::Result<()> {
     let mut last_renew: Option<Instant> = None;
     loop {
         let now = Instant::now();
@@ -101,7 +157,7 @@ pub async fn run(
         // bounded by it too), so a request that stalls (a partition, an apiserver whose
         // etcd is gone) cannot keep a leader leading past it.
         let bound = attempt_bound(last_renew, now, &timing);
-        let attempt = try_acquire_or_renew(&api, &me, &timing, &mut observed, now);
+        let attempt = try_acquire_or_renew(api, me, &timing, observed, now);
         let result = match tokio::time::timeout(bound, attempt).await {
             Ok(result) => result.map_err(anyhow::Error::from),
             Err(_) => Err(anyhow::anyhow!(
@@ -132,8 +188,20 @@ pub async fn run(
                 }
             }
         }
-        tokio::time::sleep(timing.retry_period).await;
+        let expiry = match last_renew {
+            Some(_) => None,
+            None => lock(observed).expiry(timing.lease_duration),
+        };
+        tokio::time::sleep(next_attempt_in(expiry, Instant::now(), timing.retry_period)).await;
     }
+}
+
+/// How long to wait before the next attempt: a retry period, or less when the lease a
+/// candidate waits for expires sooner.
+fn next_attempt_in(expiry: Option<Instant>, now: Instant, retry_period: Duration) -> Duration {
+    expiry.map_or(retry_period, |at| {
+        at.saturating_duration_since(now).min(retry_period)
+    })
 }
 
 /// How long an attempt may take: a leader's until its renew deadline, a candidate's the
@@ -154,7 +222,7 @@ async fn try_acquire_or_renew(
     api: &Api<Lease>,
     me: &str,
     timing: &Timing,
-    observed: &mut Observation,
+    observed: &Mutex<Observation>,
     now: Instant,
 ) -> Result<bool, kube::Error> {
     let now_time = MicroTime(Timestamp::now());
@@ -181,7 +249,7 @@ async fn try_acquire_or_renew(
         };
     };
     let record = record_of(&lease);
-    let decision = decide(&record, me, observed, now, timing.lease_duration);
+    let decision = decide(&record, me, &mut lock(observed), now, timing.lease_duration);
     let spec = lease.spec.get_or_insert_with(Default::default);
     match decision {
         Decision::Wait => return Ok(false),
@@ -288,6 +356,37 @@ mod tests {
             decide_at(&other, &mut seen, start + Duration::from_secs(15)),
             Decision::TakeOver
         );
+    }
+
+    #[test]
+    fn a_candidate_tries_again_when_the_lease_it_waits_for_expires() {
+        let start = Instant::now();
+        let retry = Duration::from_secs(2);
+        let mut seen = Observation::default();
+        assert_eq!(seen.expiry(DURATION), None, "nothing seen yet");
+        assert_eq!(next_attempt_in(None, start, retry), retry);
+        seen.see(&held_by("other", "t1"), start);
+        let expiry = seen.expiry(DURATION).expect("held by another");
+        assert_eq!(expiry, start + DURATION);
+        // Far from expiry: the retry period; close to it: exactly at it; past it: now.
+        assert_eq!(next_attempt_in(Some(expiry), start, retry), retry);
+        let close = start + Duration::from_millis(14_500);
+        assert_eq!(
+            next_attempt_in(Some(expiry), close, retry),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            next_attempt_in(Some(expiry), start + DURATION * 2, retry),
+            Duration::ZERO
+        );
+        // Seeing the same record again keeps its clock; a renewal restarts it.
+        seen.see(&held_by("other", "t1"), start + Duration::from_secs(5));
+        assert_eq!(seen.expiry(DURATION), Some(expiry));
+        let renewed = start + Duration::from_secs(6);
+        seen.see(&held_by("other", "t2"), renewed);
+        assert_eq!(seen.expiry(DURATION), Some(renewed + DURATION));
+        seen.see(&Record::default(), renewed);
+        assert_eq!(seen.expiry(DURATION), None, "a free lease is taken at once");
     }
 
     #[test]

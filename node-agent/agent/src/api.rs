@@ -168,6 +168,14 @@ pub fn router(context: ApiContext) -> Router {
                     .into(),
             )
         })
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{uri} does not take {method}"),
+                )
+            },
+        )
         .with_state(context)
 }
 

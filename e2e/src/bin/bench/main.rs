@@ -56,18 +56,7 @@ fn report(name: &str, outcome: anyhow::Result<()>, failed: &mut bool) {
     }
 }
 
-/// Resident set size now and at its peak (kB), from `/proc/<pid>/status`.
-pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
+pub use e2e::process::rss_kib;
 
 /// Polls `probe` every `every` until it yields, or fails after `timeout`.
 pub async fn poll<T, F, Fut>(

@@ -2,10 +2,11 @@
 //! table (never asserted: the machines are shared and noisy; the tests in `make test` hold
 //! the guarantees). Debug binaries, each scenario on its own cluster-in-a-box.
 //!
-//! `chaos [leader] [apiserver] [etcd] [agent]` runs the named scenarios (all when none is
+//! `chaos [leader] [apiserver] [etcd] [kvstore] [agent] [flood]` runs the named scenarios (all when none is
 //! named). `CHAOS_KILLS` (default 10) sets how many times the leader is killed.
 
 mod agent;
+mod flood;
 mod operator;
 
 use std::process::ExitCode;
@@ -46,8 +47,20 @@ fn main() -> ExitCode {
     if runs("etcd") {
         record("etcd", operator::etcd_restart());
     }
+    if runs("kvstore") {
+        record("kvstore", operator::kvstore_cut());
+    }
     if runs("agent") {
         record("agent", agent::agent_kill(500));
+    }
+    if runs("flood") {
+        let runtime = tokio::runtime::Runtime::new();
+        record(
+            "flood",
+            runtime
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| flood::remote_flood(&runtime)),
+        );
     }
     println!("\n| fault | measured | goal |\n|---|---|---|");
     for row in &rows {

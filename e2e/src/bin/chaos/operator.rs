@@ -1,5 +1,5 @@
-//! Faults of the operator's world: its leader killed during churn, the apiserver and its
-//! etcd killed and restarted under churn.
+//! Faults of the operator's world: its leader killed during churn, the apiserver, its
+//! etcd, and the kvstore's etcd killed and restarted under churn.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use e2e::ClusterBed;
 use e2e::operator::{FAST_LEASE, OperatorProcess, kill_leader};
+use e2e::{ClusterBed, Etcd};
 use serde_json::Value;
 
 use crate::{Row, spread};
@@ -113,9 +113,8 @@ pub fn leader_kills(kills: usize) -> anyhow::Result<Row> {
         let mut takeovers = Vec::new();
         for kill in 0..kills {
             std::thread::sleep(Duration::from_secs(2));
-            let started = Instant::now();
-            kill_leader(&bed, "kube-system", &mut replicas, Duration::from_secs(60));
-            takeovers.push(started.elapsed());
+            let takeover = kill_leader(&bed, "kube-system", &mut replicas, Duration::from_secs(60));
+            takeovers.push(takeover.after);
             replicas.push(OperatorProcess::start(
                 &bed,
                 &format!("replica-{}", kill + 2),
@@ -144,7 +143,7 @@ pub fn leader_kills(kills: usize) -> anyhow::Result<Row> {
     let mut takeovers = takeovers;
     Ok(Row {
         fault: format!(
-            "operator leader SIGKILL ×{kills} during churn ({} Nodes, {pods} Pods, {label_sets} label sets), lease 4 s",
+            "operator leader SIGKILL ×{kills} during churn ({} Nodes, {pods} Pods, {label_sets} label sets), lease 4 s; takeover = kill → the new holder's acquireTime",
             nodes.len()
         ),
         measured: format!(
@@ -156,21 +155,22 @@ pub fn leader_kills(kills: usize) -> anyhow::Result<Row> {
     })
 }
 
-/// Nodes created every 500 ms while `fault` runs; how long those created after it took to
-/// get a PodCIDR.
+/// The lease outlasts the outages: the same leader must serve after them.
+const LONG_LEASE: [&str; 4] = [
+    POOL,
+    "--leader-election-lease-duration=60s",
+    "--leader-election-renew-deadline=45s",
+    "--leader-election-retry-period=2s",
+];
+
+/// A Node created every 500 ms while `fault` runs; how long those created after it took
+/// to be `served` (the names `served` returns, polled every 100 ms).
 fn under_churn(
     what: &str,
-    fault: impl FnOnce(&ClusterBed) -> anyhow::Result<()>,
+    bed: &ClusterBed,
+    fault: impl FnOnce() -> anyhow::Result<()>,
+    served: impl Fn() -> anyhow::Result<BTreeSet<String>>,
 ) -> anyhow::Result<Row> {
-    let bed = ClusterBed::start().context("bed")?;
-    // The lease outlasts the outage: the same leader must serve after it.
-    let flags = [
-        POOL,
-        "--leader-election-lease-duration=60s",
-        "--leader-election-renew-deadline=45s",
-        "--leader-election-retry-period=2s",
-    ];
-    let _operator = OperatorProcess::start(&bed, "chaos", "kube-system", &flags)?;
     let created: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -178,7 +178,7 @@ fn under_churn(
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 let name = format!("node-{n}");
-                if apply(&bed, &[node(&name)]).is_ok() {
+                if apply(bed, &[node(&name)]).is_ok() {
                     created
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -189,26 +189,23 @@ fn under_churn(
             }
         });
         std::thread::sleep(Duration::from_secs(3));
-        let result = fault(&bed);
+        let result = fault();
         std::thread::sleep(Duration::from_secs(10));
         stop.store(true, Ordering::Relaxed);
         result
     })?;
-    // Every Node: when it got its PodCIDR (polled every 100 ms).
     let created = created.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let mut served: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut served_at: BTreeMap<String, Instant> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while served.len() < created.len() && Instant::now() < deadline {
-        for (name, cidrs) in pod_cidrs(&bed)? {
-            if !cidrs.is_empty() {
-                served.entry(name).or_insert_with(Instant::now);
-            }
+    while served_at.len() < created.len() && Instant::now() < deadline {
+        for name in served()? {
+            served_at.entry(name).or_insert_with(Instant::now);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let missed = created
         .iter()
-        .filter(|(n, _)| !served.contains_key(n))
+        .filter(|(n, _)| !served_at.contains_key(n))
         .count();
     // Only Nodes created after the fault say how fast the watches resumed; the first of
     // them is the one that waited longest.
@@ -216,7 +213,7 @@ fn under_churn(
         .iter()
         .rev()
         .take(15)
-        .filter_map(|(n, at)| Some(served.get(n)?.saturating_duration_since(*at)))
+        .filter_map(|(n, at)| Some(served_at.get(n)?.saturating_duration_since(*at)))
         .collect();
     Ok(Row {
         fault: format!("{what}, 13 s, a Node created every 500 ms"),
@@ -229,17 +226,77 @@ fn under_churn(
     })
 }
 
+/// The Nodes that have a PodCIDR.
+fn with_cidrs(bed: &ClusterBed) -> anyhow::Result<BTreeSet<String>> {
+    Ok(pod_cidrs(bed)?
+        .into_iter()
+        .filter(|(_, cidrs)| !cidrs.is_empty())
+        .map(|(name, _)| name)
+        .collect())
+}
+
 pub fn apiserver_restart() -> anyhow::Result<Row> {
-    under_churn("kube-apiserver kill and restart", |bed| {
-        bed.restart_apiserver(Duration::from_secs(13))
-            .context("restarting the apiserver")
-    })
+    let bed = ClusterBed::start().context("bed")?;
+    let _operator = OperatorProcess::start(&bed, "chaos", "kube-system", &LONG_LEASE)?;
+    under_churn(
+        "kube-apiserver kill and restart",
+        &bed,
+        || {
+            bed.restart_apiserver(Duration::from_secs(13))
+                .context("restarting the apiserver")
+        },
+        || with_cidrs(&bed),
+    )
 }
 
 pub fn etcd_restart() -> anyhow::Result<Row> {
-    under_churn("the apiserver's etcd kill and restart", |bed| {
-        bed.etcd().stop();
-        std::thread::sleep(Duration::from_secs(13));
-        bed.etcd().resume().context("restarting etcd")
-    })
+    let bed = ClusterBed::start().context("bed")?;
+    let _operator = OperatorProcess::start(&bed, "chaos", "kube-system", &LONG_LEASE)?;
+    under_churn(
+        "the apiserver's etcd kill and restart",
+        &bed,
+        || {
+            bed.etcd().stop();
+            std::thread::sleep(Duration::from_secs(13));
+            bed.etcd().resume().context("restarting etcd")
+        },
+        || with_cidrs(&bed),
+    )
+}
+
+/// The kvstore's etcd (not the apiserver's) killed under churn: Nodes count as served
+/// once the mirror holds their `cilium/state/nodes/v1/<cluster>/<node>` key again.
+pub fn kvstore_cut() -> anyhow::Result<Row> {
+    let bed = ClusterBed::start().context("bed")?;
+    let dir = bed.dir().join("kvstore");
+    std::fs::create_dir_all(&dir)?;
+    let etcd = Mutex::new(Etcd::start(&dir).context("kvstore etcd")?);
+    let endpoint = format!(
+        "--etcd-endpoints={}",
+        etcd.lock().unwrap_or_else(|p| p.into_inner()).endpoint()
+    );
+    let mut flags = LONG_LEASE.to_vec();
+    flags.extend(["--cluster-name=chaos", "--kvstore-lease-ttl=30s", &endpoint]);
+    let _operator = OperatorProcess::start(&bed, "chaos", "kube-system", &flags)?;
+    let lock = || etcd.lock().unwrap_or_else(|p| p.into_inner());
+    const NODE_KEYS: &str = "cilium/state/nodes/v1/chaos/";
+    under_churn(
+        "the kvstore's etcd kill and restart",
+        &bed,
+        || {
+            lock().stop();
+            std::thread::sleep(Duration::from_secs(13));
+            lock().resume().context("restarting the kvstore's etcd")
+        },
+        || {
+            let keys = lock()
+                .etcdctl(&["get", "--prefix", "--keys-only", NODE_KEYS])
+                .unwrap_or_default();
+            Ok(keys
+                .lines()
+                .filter_map(|key| key.strip_prefix(NODE_KEYS))
+                .map(str::to_owned)
+                .collect())
+        },
+    )
 }

@@ -177,13 +177,13 @@ impl RemoteCache {
                 self.limits.value_bytes
             );
             self.refuse(key, reason);
-            self.delete(key);
-            return true;
+            return self.delete(key);
         }
         if let Some(reason) = self.full(&kind) {
-            // Nothing held changes: the key was not there.
+            // Nothing held changes: the key was not there (a flood of new keys past the
+            // limit wakes no one).
             self.refuse(key, format!("{key}: {reason}"));
-            return true;
+            return false;
         }
         let taken = match kind {
             RemoteKey::Node(name) => KvNode::decode(key, value)
@@ -227,8 +227,7 @@ impl RemoteCache {
             Ok(_) => true,
             Err(reason) => {
                 self.refuse(key, reason);
-                self.delete(key);
-                true
+                self.delete(key)
             }
         }
     }
@@ -434,6 +433,11 @@ pub(crate) mod tests {
         assert_eq!(cache.ips.len(), 3, "the fourth and fifth IPs are refused");
         assert_eq!(cache.invalid, 2);
         assert!(
+            !cache.put(&keys::ip_key("10.211.0.9"), &pair("10.211.0.9", C2 + 300)),
+            "a refused new key changes nothing held"
+        );
+        assert_eq!(cache.invalid, 3);
+        assert!(
             cache
                 .last_invalid
                 .as_deref()
@@ -447,8 +451,15 @@ pub(crate) mod tests {
         // Oversized: refused, and the key's old value goes (nothing stale stays).
         let mut huge = pair("10.211.0.1", C2 + 300);
         huge.extend(std::iter::repeat_n(b' ', 600));
-        cache.put(&keys::ip_key("10.211.0.1"), &huge);
+        assert!(
+            cache.put(&keys::ip_key("10.211.0.1"), &huge),
+            "the old value went"
+        );
         assert!(!cache.ips.contains_key("10.211.0.1"));
+        assert!(
+            !cache.put(&keys::ip_key("10.211.0.1"), &huge),
+            "nothing was held any more"
+        );
         assert!(
             cache
                 .last_invalid
