@@ -81,8 +81,8 @@ pub const FAST_LEASE: [&str; 3] = [
     "--leader-election-retry-period=1s",
 ];
 
-/// The holder of the operator's Lease in `namespace`.
-pub fn lease_holder(bed: &ClusterBed, namespace: &str) -> Option<String> {
+/// One field of the operator's Lease in `namespace` (a kubectl jsonpath).
+fn lease_field(bed: &ClusterBed, namespace: &str, path: &str) -> Option<String> {
     bed.kubectl_run(
         &[
             "get",
@@ -91,12 +91,16 @@ pub fn lease_holder(bed: &ClusterBed, namespace: &str) -> Option<String> {
             "-n",
             namespace,
             "-o",
-            "jsonpath={.spec.holderIdentity}",
+            &format!("jsonpath={path}"),
         ],
         None,
     )
     .ok()
-    .filter(|h| !h.is_empty())
+}
+
+/// The holder of the operator's Lease in `namespace`.
+pub fn lease_holder(bed: &ClusterBed, namespace: &str) -> Option<String> {
+    lease_field(bed, namespace, "{.spec.holderIdentity}").filter(|h| !h.is_empty())
 }
 
 /// Whether the replica serving metrics on `api_port` considers itself leader.
@@ -149,20 +153,7 @@ pub fn kill_leader(
     let next = crate::wait_for("a surviving replica to take the lease", timeout, || {
         lease_holder(bed, namespace).filter(|h| survivors.contains(h))
     });
-    let acquired = bed
-        .kubectl_run(
-            &[
-                "get",
-                "lease",
-                "cilium-operator-resource-lock",
-                "-n",
-                namespace,
-                "-o",
-                "jsonpath={.spec.acquireTime}",
-            ],
-            None,
-        )
-        .ok()
+    let acquired = lease_field(bed, namespace, "{.spec.acquireTime}")
         .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
         .expect("the new holder's acquireTime");
     let after = acquired
