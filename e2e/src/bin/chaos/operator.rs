@@ -2,8 +2,8 @@
 //! etcd, and the kvstore's etcd killed and restarted under churn.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -163,67 +163,94 @@ const LONG_LEASE: [&str; 4] = [
     "--leader-election-retry-period=2s",
 ];
 
-/// A Node created every 500 ms while `fault` runs; how long those created after it took
-/// to be `served` (the names `served` returns, polled every 100 ms).
+/// A Node created every 500 ms while `fault` runs; how long each Node created after the
+/// fault began took to be `served` (the names `served` returns, polled every 100 ms while
+/// the churn goes on), counted from its creation or from the end of the fault, whichever
+/// is later: a Node created during the outage cannot be served before it is over.
 fn under_churn(
     what: &str,
     bed: &ClusterBed,
     fault: impl FnOnce() -> anyhow::Result<()>,
-    served: impl Fn() -> anyhow::Result<BTreeSet<String>>,
+    served: impl Fn() -> anyhow::Result<BTreeSet<String>> + Sync,
 ) -> anyhow::Result<Row> {
-    let created: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        scope.spawn(|| {
+    let created: Mutex<Vec<(String, Instant)>> = Mutex::default();
+    let served_at: Mutex<BTreeMap<String, Instant>> = Mutex::default();
+    let (churning, polling) = (AtomicBool::new(true), AtomicBool::new(true));
+    let (fault_started, fault_over) = std::thread::scope(|scope| {
+        let churn = scope.spawn(|| {
             let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
+            while churning.load(Ordering::Relaxed) {
                 let name = format!("node-{n}");
                 if apply(bed, &[node(&name)]).is_ok() {
-                    created
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((name, Instant::now()));
+                    locked(&created).push((name, Instant::now()));
                     n += 1;
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }
         });
+        scope.spawn(|| {
+            while polling.load(Ordering::Relaxed) {
+                // Reading fails while the fault lasts; what it reads after is what counts.
+                if let Ok(names) = served() {
+                    let now = Instant::now();
+                    let mut at = locked(&served_at);
+                    for name in names {
+                        at.entry(name).or_insert(now);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
         std::thread::sleep(Duration::from_secs(3));
+        let fault_started = Instant::now();
         let result = fault();
+        let fault_over = Instant::now();
         std::thread::sleep(Duration::from_secs(10));
-        stop.store(true, Ordering::Relaxed);
-        result
-    })?;
-    let created = created.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let mut served_at: BTreeMap<String, Instant> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while served_at.len() < created.len() && Instant::now() < deadline {
-        for name in served()? {
-            served_at.entry(name).or_insert_with(Instant::now);
+        churning.store(false, Ordering::Relaxed);
+        // Its last Node may still be on its way in.
+        let _ = churn.join();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let (created, at) = (locked(&created), locked(&served_at));
+            if created.iter().all(|(n, _)| at.contains_key(n)) {
+                break;
+            }
+            drop((created, at));
+            std::thread::sleep(Duration::from_millis(100));
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        polling.store(false, Ordering::Relaxed);
+        result.map(|()| (fault_started, fault_over))
+    })?;
+    let (created, served_at) = (locked(&created).clone(), locked(&served_at).clone());
     let missed = created
         .iter()
         .filter(|(n, _)| !served_at.contains_key(n))
         .count();
-    // Only Nodes created after the fault say how fast the watches resumed; the first of
-    // them is the one that waited longest.
     let mut delays: Vec<Duration> = created
         .iter()
-        .rev()
-        .take(15)
-        .filter_map(|(n, at)| Some(served_at.get(n)?.saturating_duration_since(*at)))
+        .filter(|(_, at)| *at >= fault_started)
+        .filter_map(|(n, at)| {
+            Some(
+                served_at
+                    .get(n)?
+                    .saturating_duration_since((*at).max(fault_over)),
+            )
+        })
         .collect();
     Ok(Row {
         fault: format!("{what}, 13 s, a Node created every 500 ms"),
         measured: format!(
-            "Nodes created after it served in {}; missed {missed} of {}",
+            "Nodes created since the fault served in {} after their creation or the end of the fault ({} Nodes); missed {missed} of {}",
             spread(&mut delays),
+            delays.len(),
             created.len()
         ),
         goal: "served ≤ 5 s after it is back, 0 missed",
     })
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The Nodes that have a PodCIDR.
@@ -271,14 +298,11 @@ pub fn kvstore_cut() -> anyhow::Result<Row> {
     let dir = bed.dir().join("kvstore");
     std::fs::create_dir_all(&dir)?;
     let etcd = Mutex::new(Etcd::start(&dir).context("kvstore etcd")?);
-    let endpoint = format!(
-        "--etcd-endpoints={}",
-        etcd.lock().unwrap_or_else(|p| p.into_inner()).endpoint()
-    );
+    let endpoint = format!("--etcd-endpoints={}", locked(&etcd).endpoint());
     let mut flags = LONG_LEASE.to_vec();
     flags.extend(["--cluster-name=chaos", "--kvstore-lease-ttl=30s", &endpoint]);
     let _operator = OperatorProcess::start(&bed, "chaos", "kube-system", &flags)?;
-    let lock = || etcd.lock().unwrap_or_else(|p| p.into_inner());
+    let lock = || locked(&etcd);
     const NODE_KEYS: &str = "cilium/state/nodes/v1/chaos/";
     under_churn(
         "the kvstore's etcd kill and restart",
