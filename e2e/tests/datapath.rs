@@ -615,6 +615,31 @@ fn enforcement_survives_the_agent(tc_attach: TcAttachMode) {
     let mut dp = Datapath::open(&datapath_config(&bed.pins, tc_attach))
         .expect("a new agent opens the pinned datapath");
     let taken = dp.reattach_pinned().expect("takes over the links");
+    // What the new agent may adopt without rewiring: an endpoint exactly as the old one
+    // wired it (with pinned links, so TCX only); any difference means wiring it again.
+    for (id, pod, identity) in bed.pods() {
+        let as_wired = Endpoint {
+            ips: vec![pod.ip.into()],
+            ..pod.endpoint(id, identity)
+        };
+        assert_eq!(
+            dp.adopt_endpoint(&as_wired),
+            tc_attach == TcAttachMode::Tcx,
+            "endpoint {id} as it was wired ({tc_attach:?})"
+        );
+        let other_identity = Endpoint {
+            identity: identity + 1,
+            ..as_wired.clone()
+        };
+        assert!(
+            !dp.adopt_endpoint(&other_identity),
+            "{id}: another identity"
+        );
+        assert!(
+            !dp.adopt_endpoint(&pod.endpoint(id, identity)),
+            "{id}: its IPv6 address was never in the endpoints map"
+        );
+    }
     if tc_attach == TcAttachMode::Netlink {
         // No links are pinned: the restored endpoints are attached again, replacing the
         // filters in place, with the policy they had.

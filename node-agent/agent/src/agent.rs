@@ -325,24 +325,27 @@ impl Agent {
             } else {
                 Ok(())
             };
+            let endpoint = datapath_endpoint(&record);
             // The pinned map keeps enforcing what it held before the restart until the
-            // first policy computation replaces it.
-            let pinned = state
-                .datapath
-                .policy(id)
-                .map(|entries| PolicyMap::new(entries.into_iter().map(|e| (e.key, e.verdict))));
-            let attached = match (claimed, pinned) {
-                (Ok(()), Ok(pinned)) if present => state
-                    .datapath
-                    .attach_endpoint(&datapath_endpoint(&record), &pinned)
-                    .map(drop)
-                    .map_err(AgentError::from),
-                (Ok(()), Err(e)) if present => Err(e.into()),
-                (Ok(()), _) => Err(AgentError::NotFound(format!(
+            // first policy computation replaces it. An endpoint the datapath still holds
+            // whole is adopted as it is; one that is not is wired again, with that policy.
+            let attached = match claimed {
+                Err(e) => Err(e.into()),
+                Ok(()) if !present => Err(AgentError::NotFound(format!(
                     "device {} is gone",
                     record.interface_name
                 ))),
-                (Err(e), _) => Err(e.into()),
+                Ok(()) if state.datapath.adopt_endpoint(&endpoint) => Ok(()),
+                Ok(()) => state
+                    .datapath
+                    .policy(id)
+                    .and_then(|entries| {
+                        let pinned =
+                            PolicyMap::new(entries.into_iter().map(|e| (e.key, e.verdict)));
+                        state.datapath.attach_endpoint(&endpoint, &pinned)
+                    })
+                    .map(drop)
+                    .map_err(AgentError::from),
             };
             match attached {
                 Ok(()) => {

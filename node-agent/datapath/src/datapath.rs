@@ -442,6 +442,18 @@ fn attach_tc(
     Ok(())
 }
 
+/// The endpoints map's value for `endpoint` on interface `ifindex`.
+fn endpoint_info(endpoint: &Endpoint, ifindex: u32) -> abi::EndpointInfo {
+    abi::EndpointInfo {
+        ifindex,
+        lxc_id: endpoint.id,
+        mac: endpoint.mac,
+        node_mac: endpoint.node_mac,
+        sec_id: endpoint.identity,
+        ..Default::default()
+    }
+}
+
 fn attach_xdp(bpf: &mut Ebpf, ifname: &str, path: &Path) -> Result<(), Error> {
     let program: &mut Xdp = object_program(bpf, XDP_PREFILTER)?;
     let link_id = match pinned_link(path)? {
@@ -672,14 +684,7 @@ impl Datapath {
                 .remove(&stale)
                 .map_err(Error::map("cilium_lxc"))?;
         }
-        let info = abi::EndpointInfo {
-            ifindex,
-            lxc_id: id,
-            mac: endpoint.mac,
-            node_mac: endpoint.node_mac,
-            sec_id: endpoint.identity,
-            ..Default::default()
-        };
+        let info = endpoint_info(endpoint, ifindex);
         for key in &wanted {
             self.endpoints
                 .insert(key, info, 0)
@@ -697,6 +702,32 @@ impl Datapath {
         }
         debug!(id, ifname = %endpoint.ifname, ifindex, "endpoint attached");
         Ok(change)
+    }
+
+    /// Whether a previous agent left `endpoint` wholly wired: its policy map pinned and
+    /// installed, each of its addresses in the endpoints map as [`Self::attach_endpoint`]
+    /// writes it, both its links pinned (which [`Self::reattach_pinned`] swapped to this
+    /// process's programs). Restoring such an endpoint costs a few lookups instead of a
+    /// rewiring, and its pinned policy keeps enforcing until the first computation replaces
+    /// it. `false` when anything is missing or differs: the caller wires it again.
+    pub fn adopt_endpoint(&self, endpoint: &Endpoint) -> bool {
+        let id = endpoint.id;
+        let wired = self.policy_pin(id).exists()
+            && self.policies.get(&u32::from(id), 0).is_ok()
+            && Self::endpoint_links(id)
+                .iter()
+                .all(|(link, _, _)| self.link_path(link).exists());
+        let Ok(ifindex) = nix::net::if_::if_nametoindex(endpoint.ifname.as_str()) else {
+            return false;
+        };
+        let info = endpoint_info(endpoint, ifindex);
+        wired
+            && !endpoint.ips.is_empty()
+            && endpoint.ips.iter().all(|ip| {
+                self.endpoints
+                    .get(&addr::endpoint_key(*ip), 0)
+                    .is_ok_and(|held| held == info)
+            })
     }
 
     /// Unwires an endpoint: programs detached, addresses and policy map removed. Safe to call
