@@ -19,10 +19,17 @@ CNI_TARGET = x86_64-unknown-linux-gnu
 cni-static:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build -p cilium-cni --target $(CNI_TARGET)
 
-## test: everything, e2e included
+## test: everything, e2e included. Where the machine has cargo-nextest the
+## tests of different binaries run side by side (.config/nextest.toml keeps the real-node
+## ones to one at a time); without it, cargo test runs them one binary after another.
 test: deps lint cni-static
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		echo "$(CARGO) nextest run --workspace" && $(CARGO) nextest run --workspace && \
+		echo "$(CARGO) test --workspace --doc" && $(CARGO) test --workspace --doc; \
+	else \
+		echo "$(CARGO) test --workspace (no cargo-nextest here)" && $(CARGO) test --workspace; \
+	fi
 
 ## unit: tests that need no servers (the library crates)
 unit:
