@@ -3,9 +3,10 @@
 //! input is rejected with the offending field named.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use cilium_crds::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, validate_policy};
-use e2e::{ClusterBed, unique_name};
+use e2e::{ClusterBed, unique_name, wait_for};
 use serde_json::Value;
 
 fn repo_root() -> PathBuf {
@@ -111,6 +112,16 @@ fn seed_policy_with_metadata_description_applies_when_client_validation_is_off()
         .expect("example")
         .replace("metadata:\n  name: \"clustermesh-ingress-l4-policy\"\n",
                  "metadata:\n  name: \"clustermesh-ingress-l4-policy\"\n  description: \"demo: allow only employee to access protected-db\"\n");
+    // kubectl validates against the apiserver's OpenAPI document, which takes in a new
+    // CRD's schema a few seconds after the CRD is established (a fresh bed's just was).
+    wait_for(
+        "the CNP schema in the OpenAPI document",
+        Duration::from_secs(60),
+        || {
+            bed.kubectl_run(&["explain", "ciliumnetworkpolicies.spec.ingress"], None)
+                .ok()
+        },
+    );
     let refused = bed.kubectl_run(&["apply", "-n", &namespace, "-f", "-"], Some(&verbatim));
     assert!(
         refused.is_err_and(|e| e.to_string().contains("description")),
