@@ -92,15 +92,17 @@ fn expired(error: &watcher::Error) -> bool {
     matches!(error, watcher::Error::WatchError(status) if status.code == 410)
 }
 
-/// `events` with [`watch_backoff`] between failures: the next event is not asked for until
-/// the delay has passed, except after an expired resource version.
+/// `events` with [`watch_backoff`] between failures, and after the backoff of a failure
+/// the apiserver ready ([`apiserver_ready`]): the next event is not asked for until then,
+/// except after an expired resource version.
 pub fn resume<K: Send>(
+    client: Client,
     events: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send {
     use kube::runtime::utils::Backoff as _;
     let backoff = std::sync::Arc::new(std::sync::Mutex::new(watch_backoff()));
     events.then(move |event| {
-        let backoff = backoff.clone();
+        let (backoff, client) = (backoff.clone(), client.clone());
         async move {
             let delay = {
                 let mut backoff = backoff.lock().unwrap_or_else(|p| p.into_inner());
@@ -115,10 +117,35 @@ pub fn resume<K: Send>(
             };
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
+                apiserver_ready(&client).await;
             }
             event
         }
     })
+}
+
+/// How often, and at most how long, a failed watch asks `/readyz` before it retries.
+const READY_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Returns once the apiserver answers `/readyz` with anything but a server error (a 403
+/// from a locked-down cluster counts: it is up), or after [`READY_WAIT`]. Why: a restarted
+/// kube-apiserver takes connections before it has started; a request for a custom
+/// resource it took then is held ~10 s (its CRD informer had not synced), one sent once
+/// `/readyz` is ok is answered at once (measured on 1.20: 11.9 s against 0.09 s), and a
+/// built-in kind's is answered either way.
+async fn apiserver_ready(client: &Client) {
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        let Ok(request) = http::Request::get("/readyz").body(Vec::new()) else {
+            return;
+        };
+        match client.request_text(request).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(status)) if status.code < 500 => return,
+            Err(_) => tokio::time::sleep(READY_POLL).await,
+        }
+    }
 }
 
 /// The watch of `api`, listed in pages, retried as [`resume`] does, without managedFields
@@ -130,7 +157,8 @@ fn watch<K>(
 where
     K: Cached,
 {
-    resume(watcher(api, config.page_size(PAGE_SIZE)))
+    let client = api.clone().into_client();
+    resume(client, watcher(api, config.page_size(PAGE_SIZE)))
         .modify(|object| object.meta_mut().managed_fields = None)
 }
 

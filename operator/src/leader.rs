@@ -130,7 +130,7 @@ pub async fn run(
 /// Stamps each version of the Lease with when it was seen, as soon as it is written.
 async fn observe(api: Api<Lease>, observed: Arc<Mutex<Observation>>) {
     let config = watcher::Config::default().fields(&format!("metadata.name={LEASE_NAME}"));
-    let events = cilium_crds::cache::resume(watcher(api, config));
+    let events = cilium_crds::cache::resume(api.clone().into_client(), watcher(api, config));
     futures::pin_mut!(events);
     while let Some(event) = events.next().await {
         if let Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) = event {

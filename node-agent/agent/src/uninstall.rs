@@ -60,12 +60,15 @@ impl Observer {
 pub fn watch_daemonset(client: kube::Client, namespace: &str, name: &str) -> OwnerGone {
     let gone = OwnerGone::default();
     let flag = gone.clone();
-    let api: Api<DaemonSet> = Api::namespaced(client, namespace);
+    let api: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let name = name.to_owned();
     tokio::spawn(async move {
         let mut observer = Observer::default();
-        let mut events = std::pin::pin!(cilium_crds::cache::resume(watcher::watcher(api, config)));
+        let mut events = std::pin::pin!(cilium_crds::cache::resume(
+            client,
+            watcher::watcher(api, config)
+        ));
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
