@@ -76,12 +76,14 @@ pub fn remote_flood(runtime: &tokio::runtime::Runtime) -> anyhow::Result<Row> {
     anyhow::ensure!(
         within(minutes, Duration::from_millis(200), || held()
             >= limit as u64),
-        "the remote's endpoints were not taken in 600 s"
+        "the remote's endpoints were not taken in 600 s (the agent held {} of {limit})",
+        held()
     );
     anyhow::ensure!(
         within(minutes, Duration::from_secs(2), || remote_in_ipcache(node)
             >= limit),
-        "the remote's endpoints did not reach the ipcache in 600 s"
+        "the remote's endpoints did not reach the ipcache in 600 s ({} of {limit} there)",
+        remote_in_ipcache(node)
     );
     let loaded = connected.elapsed();
     let (after_fill, _) = rss_kib(pid).context("agent RSS")?;
