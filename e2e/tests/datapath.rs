@@ -4,7 +4,7 @@
 //! test ends, pass or fail.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     process::Command,
     sync::{
@@ -461,6 +461,51 @@ fn sctp_ports_meet_the_policy() {
         };
         assert_eq!(verdict(9000), 0, "the admitted SCTP port");
         assert_eq!(verdict(9001), 2, "another SCTP port");
+    })
+    .expect("in the namespace");
+}
+
+/// A sync writes only what differs from what this process wrote, without reading the
+/// kernel's trie; a write by another process (here a second `Datapath` on the same pins)
+/// goes unseen until a sync that rereads the kernel, which restores the wanted entries.
+#[test]
+fn ipcache_syncs_write_differences_and_rereads_correct_others_writes() {
+    let ns = NetNs::new("ipcache").expect("netns");
+    ns.run(|| {
+        let pins = ScratchBpffs::new("ipcache");
+        let config = datapath_config(&pins, TcAttachMode::probe(true));
+        let mut agent = Datapath::open(&config).expect("datapath");
+        let entry = |identity| IpcacheEntry {
+            identity,
+            tunnel_endpoint: Some(Ipv4Addr::new(192, 168, 60, 12)),
+        };
+        let mut wanted: BTreeMap<IpNet, IpcacheEntry> = (1..=200u8)
+            .map(|i| (host(Ipv4Addr::new(10, 1, 0, i)), entry(EMPLOYEE)))
+            .collect();
+        assert_eq!(agent.sync_ipcache(&wanted, false).expect("sync"), 200);
+        assert_eq!(agent.sync_ipcache(&wanted, false).expect("sync"), 0);
+        wanted.insert(host(Ipv4Addr::new(10, 1, 0, 7)), entry(DB));
+        wanted.remove(&host(Ipv4Addr::new(10, 1, 0, 8)));
+        assert_eq!(agent.sync_ipcache(&wanted, false).expect("sync"), 2);
+        let kernel: BTreeMap<IpNet, IpcacheEntry> =
+            agent.ipcache().expect("read").into_iter().collect();
+        assert_eq!(kernel, wanted, "the kernel holds what was wanted");
+
+        let mut other = Datapath::open(&config).expect("a second opener");
+        let stolen = host(Ipv4Addr::new(10, 1, 0, 9));
+        assert!(other.delete_ipcache(stolen).expect("delete"));
+        other
+            .upsert_ipcache(host(Ipv4Addr::new(10, 9, 9, 9)), entry(STRANGER))
+            .expect("upsert");
+        assert_eq!(
+            agent.sync_ipcache(&wanted, false).expect("sync"),
+            0,
+            "the held copy does not know of the other's writes"
+        );
+        assert_eq!(agent.sync_ipcache(&wanted, true).expect("sync"), 2);
+        let kernel: BTreeMap<IpNet, IpcacheEntry> =
+            agent.ipcache().expect("read").into_iter().collect();
+        assert_eq!(kernel, wanted, "the reread put the kernel right");
     })
     .expect("in the namespace");
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cilium_agent_api::delete_queue::DeleteQueue;
 use cilium_agent_api::{
@@ -273,6 +273,23 @@ impl Agent {
         run: impl FnOnce() -> Result<T, E>,
     ) -> Result<T, E> {
         self.controllers.run(name, &self.metrics, run)
+    }
+
+    /// Awaits `work` as a run of controller `name` (recorded for status and metrics).
+    pub async fn controlled<T, E: std::fmt::Display>(
+        &self,
+        name: &'static str,
+        work: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let start = Instant::now();
+        let result = work.await;
+        self.controllers.record(
+            name,
+            start.elapsed(),
+            result.as_ref().map(drop).map_err(ToString::to_string),
+            &self.metrics,
+        );
+        result
     }
 
     pub fn set_kubernetes_version(&self, version: String) {
@@ -692,25 +709,18 @@ impl Agent {
         (state.lifecycle(record), state.enforced(record.id))
     }
 
-    /// Makes the datapath's ipcache equal to `wanted(local endpoints)`; returns the number of
-    /// writes.
+    /// Makes the datapath's ipcache equal to `wanted(local endpoints)`, writing what differs
+    /// from what the agent last wrote (`reread`: from what the kernel holds now); returns
+    /// the number of writes.
     pub fn sync_ipcache(
         &self,
+        reread: bool,
         wanted: impl FnOnce(&[EndpointRecord]) -> BTreeMap<IpNet, IpcacheEntry>,
     ) -> Result<usize, AgentError> {
         let mut state = self.lock();
         let local: Vec<EndpointRecord> = state.endpoints.iter().cloned().collect();
         let wanted = wanted(&local);
-        let current = state.datapath.ipcache()?.into_iter().collect();
-        let (upserts, deletions) = crate::ipcache::diff(&current, &wanted);
-        let writes = upserts.len() + deletions.len();
-        for (prefix, entry) in upserts {
-            state.datapath.upsert_ipcache(prefix, entry)?;
-        }
-        for prefix in deletions {
-            state.datapath.delete_ipcache(prefix)?;
-        }
-        Ok(writes)
+        Ok(state.datapath.sync_ipcache(&wanted, reread)?)
     }
 
     /// Removes expired connection-tracking entries; returns how many.

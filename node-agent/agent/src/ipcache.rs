@@ -147,24 +147,6 @@ fn remote_entries(
     }
 }
 
-/// The writes that turn `current` into `wanted`: upserts (new or changed) and deletions.
-pub fn diff(
-    current: &BTreeMap<IpNet, IpcacheEntry>,
-    wanted: &BTreeMap<IpNet, IpcacheEntry>,
-) -> (Vec<(IpNet, IpcacheEntry)>, Vec<IpNet>) {
-    let upserts = wanted
-        .iter()
-        .filter(|(prefix, entry)| current.get(prefix) != Some(entry))
-        .map(|(prefix, entry)| (*prefix, *entry))
-        .collect();
-    let deletions = current
-        .keys()
-        .filter(|prefix| !wanted.contains_key(prefix))
-        .copied()
-        .collect();
-    (upserts, deletions)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use cilium_crds::endpoint::{
@@ -346,26 +328,5 @@ pub(crate) mod tests {
             Some(1),
             "a remote node claiming this node's address stays host"
         );
-    }
-
-    #[test]
-    fn diff_writes_only_changes() {
-        let a = entry(100, None);
-        let b = entry(200, None);
-        let current = BTreeMap::from([(net("10.0.0.1/32"), a), (net("10.0.0.2/32"), a)]);
-        let wanted = BTreeMap::from([
-            (net("10.0.0.1/32"), a),
-            (net("10.0.0.2/32"), b),
-            (net("10.0.0.3/32"), a),
-        ]);
-        let (upserts, deletions) = diff(&current, &wanted);
-        assert_eq!(
-            upserts,
-            vec![(net("10.0.0.2/32"), b), (net("10.0.0.3/32"), a)]
-        );
-        assert!(deletions.is_empty());
-        let (upserts, deletions) = diff(&wanted, &BTreeMap::new());
-        assert!(upserts.is_empty());
-        assert_eq!(deletions.len(), 3);
     }
 }

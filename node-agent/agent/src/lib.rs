@@ -19,6 +19,7 @@ pub mod kvstore;
 pub mod metrics;
 pub mod node;
 pub mod policy;
+pub mod publish;
 pub mod records;
 pub mod routes;
 pub mod services;

@@ -12,6 +12,7 @@ use cilium_agent::endpoints::StateDir;
 use cilium_agent::kvstore::Kvstore;
 use cilium_agent::node::Registration;
 use cilium_agent::policy::PolicyState;
+use cilium_agent::publish::Publisher;
 use cilium_agent::sync::{Caches, Reconciler};
 use cilium_agent_api::delete_queue::{self, DeleteQueue};
 use cilium_crds::cache::Waker;
@@ -263,6 +264,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         kvstore,
         mesh: mesh.clone(),
     };
+    let publisher = Arc::new(Publisher::new(
+        client.clone(),
+        agent.clone(),
+        caches.clone(),
+    ));
     let reconciler = Reconciler {
         client,
         agent: agent.clone(),
@@ -272,7 +278,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ct_gc_interval: args.ct_gc_interval,
         policy,
         mesh,
-        network_policies_logged: Default::default(),
+        publisher,
         cni_conf: cni_conf.clone(),
     };
     let health = cilium_agent::api::serve_health(args.health_port, agent.clone()).await?;

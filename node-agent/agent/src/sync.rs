@@ -1,7 +1,8 @@
-//! The reconciler: keeps what the cluster and the kernel show in line with the node's
-//! endpoints. Each pass resolves endpoint identities, writes CiliumEndpoints, syncs the
-//! ipcache and the routes to other nodes, and reports IPAM use on the CiliumNode; it runs
-//! on every change of the caches or the endpoints, and on a period to retry failures.
+//! The reconciler: keeps the kernel in line with the cluster and the node's endpoints.
+//! Each pass resolves endpoint identities, computes and writes the endpoints' policy maps,
+//! syncs the ipcache and the routes to other nodes, then asks the [`Publisher`] to write
+//! what changed to the apiserver (in a loop of its own); it runs on every change of the
+//! caches or the endpoints, and on a period to retry failures.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,28 +15,25 @@ use cilium_crds::{
 };
 use cilium_identity::{LabelFilter, LabelSet, ReservedIdentity};
 use cilium_netdev::Netlink;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use serde_json::json;
 
 use crate::agent::Agent;
 use crate::clustermesh::{ClusterMesh, RemoteCache};
 use crate::cni_conf::CniConf;
 use crate::endpoints::EndpointRecord;
 use crate::policy::{PolicyState, Validity};
-use crate::{cep, controllers, ipcache, routes, services};
+use crate::publish::Publisher;
+use crate::{controllers, ipcache, routes, services};
 use cilium_crds::endpoint::NamedPort;
-use cilium_policy::{PolicyKind, PolicyRef, PortNames};
+use cilium_policy::{PolicyRef, PortNames};
 
 const RESYNC_PERIOD: Duration = Duration::from_secs(10);
-/// CiliumEndpoint writes in flight at once.
-const CEP_WRITE_CONCURRENCY: usize = 16;
 
 /// The objects the agent reads: its own node's pods, and the cluster's namespaces,
 /// identities, CiliumNodes, CiliumEndpoints, policies, and Services with their
@@ -86,6 +84,12 @@ impl Caches {
                 vec![services_changed.clone()],
             ),
         }
+    }
+
+    /// The Pod of endpoint `record`, once the cache has it.
+    pub fn pod_of(&self, record: &EndpointRecord) -> Option<Arc<Pod>> {
+        self.pods
+            .get(&ObjectRef::new(&record.k8s_pod_name).within(&record.k8s_namespace))
     }
 
     pub async fn ready(&self) -> Result<(), kube::runtime::reflector::store::WriterDropped> {
@@ -154,8 +158,8 @@ pub struct Reconciler {
     pub policy: Arc<std::sync::Mutex<PolicyState>>,
     /// The remote clusters, with `--clustermesh-config`.
     pub mesh: Option<Arc<ClusterMesh>>,
-    /// The validity last logged for each NetworkPolicy.
-    pub network_policies_logged: std::sync::Mutex<BTreeMap<PolicyRef, Validity>>,
+    /// CiliumEndpoints, IPAM use and policy validity, written after each pass.
+    pub publisher: Arc<Publisher>,
     /// The CNI configuration installed once the caches synced (ADD is served from then on).
     pub cni_conf: Option<CniConf>,
 }
@@ -174,9 +178,17 @@ impl Reconciler {
             tracing::info!(path = %conf.destination.display(), "CNI configuration installed");
         }
         let netlink = Netlink::connect()?;
+        tokio::spawn(self.publisher.clone().run());
         let mut next_gc = Instant::now() + self.ct_gc_interval;
+        let mut next_reread = Instant::now() + RESYNC_PERIOD;
         loop {
-            self.pass(&netlink).await;
+            // The ipcache is diffed against what the agent wrote; once a period against the
+            // kernel's own entries, in case anything else wrote the pinned map.
+            let reread = Instant::now() >= next_reread;
+            if reread {
+                next_reread = Instant::now() + RESYNC_PERIOD;
+            }
+            self.pass(&netlink, reread).await;
             if Instant::now() >= next_gc {
                 match self
                     .agent
@@ -195,7 +207,7 @@ impl Reconciler {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn pass(&self, netlink: &Netlink) {
+    async fn pass(&self, netlink: &Netlink, reread_ipcache: bool) {
         // Parsed once for both users: the pods' identity lookup and the selector cache.
         let mut identities = parsed_identities(&self.caches.identities.state());
         self.resolve_identities(&identities);
@@ -210,18 +222,12 @@ impl Reconciler {
         let apiservers = services::kube_apiservers(&self.caches.endpoint_slices.state());
         let apiserver_on_host = apiservers.contains(&self.agent.node().ip);
         let (validities, cidr_entries) = self.compute_policies(&identities, apiserver_on_host);
-        if let Err(e) = self
-            .controlled(controllers::SYNC_ENDPOINTS, self.sync_endpoints())
-            .await
-        {
-            tracing::warn!(error = %e, "CiliumEndpoint sync failed; retrying");
-        }
         let node = self.agent.node();
         let nodes = self.caches.nodes.state();
         let ceps = self.caches.endpoints.state();
         let remote: Vec<&RemoteCache> = remote.iter().map(Arc::as_ref).collect();
         let synced = self.agent.controller(controllers::SYNC_IPCACHE, || {
-            self.agent.sync_ipcache(|local| {
+            self.agent.sync_ipcache(reread_ipcache, |local| {
                 let local_nodes: Vec<&CiliumNode> = nodes.iter().map(Arc::as_ref).collect();
                 let mut wanted = ipcache::desired(
                     &node.name,
@@ -250,6 +256,7 @@ impl Reconciler {
             Err(e) => tracing::warn!(error = %e, "ipcache sync failed"),
         }
         if let Err(e) = self
+            .agent
             .controlled(
                 controllers::SYNC_ROUTES,
                 self.sync_routes(netlink, &nodes, &remote),
@@ -258,38 +265,7 @@ impl Reconciler {
         {
             tracing::warn!(error = %e, "route sync failed");
         }
-        if let Err(e) = self
-            .controlled(controllers::REPORT_IPAM, self.report_ipam(&nodes))
-            .await
-        {
-            tracing::warn!(error = %e, "reporting IPAM use failed");
-        }
-        if let Err(e) = self
-            .controlled(
-                controllers::REPORT_POLICY_STATUS,
-                self.report_validity(&validities),
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "reporting policy validity failed");
-        }
-    }
-
-    /// Awaits `work` as a run of controller `name` (recorded for status and metrics).
-    async fn controlled<T, E: std::fmt::Display>(
-        &self,
-        name: &'static str,
-        work: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, E> {
-        let start = Instant::now();
-        let result = work.await;
-        self.agent.controllers().record(
-            name,
-            start.elapsed(),
-            result.as_ref().map(drop).map_err(ToString::to_string),
-            self.agent.metrics(),
-        );
-        result
+        self.publisher.request(validities);
     }
 
     /// Reads the policies and identities into the engine and sets every endpoint's policy
@@ -369,76 +345,6 @@ impl Reconciler {
         (validities, state.cidr_entries())
     }
 
-    /// A NetworkPolicy has no status to write: its verdict is logged when it changes.
-    fn log_network_policy_validity(&self, validities: &BTreeMap<PolicyRef, Validity>) {
-        let mut logged = self
-            .network_policies_logged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        logged.retain(|reference, _| validities.contains_key(reference));
-        let network_policies = validities
-            .iter()
-            .filter(|(reference, _)| reference.kind == PolicyKind::NetworkPolicy);
-        for (reference, validity) in network_policies {
-            if logged.get(reference) == Some(validity) {
-                continue;
-            }
-            if validity.valid {
-                tracing::info!(policy = %reference, message = %validity.message, "policy status");
-            } else {
-                tracing::warn!(policy = %reference, message = %validity.message, "policy status");
-            }
-            logged.insert(reference.clone(), validity.clone());
-        }
-    }
-
-    /// Writes each policy's `Valid` condition where it says something else.
-    async fn report_validity(
-        &self,
-        validities: &BTreeMap<PolicyRef, Validity>,
-    ) -> Result<(), kube::Error> {
-        let now = jiff::Timestamp::now().to_string();
-        self.log_network_policy_validity(validities);
-        for (reference, validity) in validities {
-            if reference.kind == PolicyKind::NetworkPolicy {
-                continue;
-            }
-            let name = ObjectRef::new(&reference.name);
-            let conditions = match &reference.namespace {
-                Some(namespace) => self
-                    .caches
-                    .cnps
-                    .get(&name.within(namespace))
-                    .and_then(|p| p.status.clone()),
-                None => self
-                    .caches
-                    .ccnps
-                    .get(&ObjectRef::new(&reference.name))
-                    .and_then(|p| p.status.clone()),
-            }
-            .and_then(|status| status.conditions);
-            if validity.is_reported(conditions.as_ref()) {
-                continue;
-            }
-            let patch = json!({ "status": { "conditions": [validity.condition(&now)] } });
-            let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
-            match &reference.namespace {
-                Some(namespace) => {
-                    Api::<CiliumNetworkPolicy>::namespaced(self.client.clone(), namespace)
-                        .patch_status(&reference.name, &params, &patch)
-                        .await?;
-                }
-                None => {
-                    Api::<CiliumClusterwideNetworkPolicy>::all(self.client.clone())
-                        .patch_status(&reference.name, &params, &patch)
-                        .await?;
-                }
-            }
-            tracing::info!(policy = %reference, valid = validity.valid, message = %validity.message, "policy status");
-        }
-        Ok(())
-    }
-
     /// Each endpoint's identity from its pod's labels; `init` while the pod or its identity
     /// is not known yet.
     fn resolve_identities(&self, identities: &[(u32, LabelSet)]) {
@@ -460,47 +366,11 @@ impl Reconciler {
         }
     }
 
-    /// A CiliumEndpoint per endpoint with the current status; those of this node without an
-    /// endpoint are deleted.
-    async fn sync_endpoints(&self) -> Result<(), kube::Error> {
-        let node_ip = self.agent.node().ip;
-        let records = self.agent.records();
-        // Writes run a few at a time: with a thousand endpoints one at a time would hold
-        // the pass (and the next policy or identity change) for seconds.
-        let mut writes = futures::stream::iter(&records)
-            .map(|record| self.sync_endpoint(record))
-            .buffer_unordered(CEP_WRITE_CONCURRENCY);
-        while let Some(written) = writes.next().await {
-            written?;
-        }
-        for cep in self.caches.endpoints.state() {
-            if !cep::is_on_node(&cep, node_ip) {
-                continue;
-            }
-            let namespace = cep.namespace().unwrap_or_default();
-            let name = cep.name_any();
-            let ours = records
-                .iter()
-                .any(|r| r.k8s_namespace == namespace && r.k8s_pod_name == name);
-            if !ours {
-                let api: Api<CiliumEndpoint> = Api::namespaced(self.client.clone(), &namespace);
-                match api.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => {
-                        tracing::info!(%namespace, %name, "deleted CiliumEndpoint of a removed endpoint")
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// The Pod of endpoint `record`, once the cache has it.
     /// The identity labels of `record`'s pod as the caches hold it now (its labels, its
     /// namespace's, the cluster), filtered; `None` while the pod is not known.
     fn identity_labels(&self, record: &EndpointRecord) -> Option<LabelSet> {
-        let pod = self.pod_of(record)?;
+        let pod = self.caches.pod_of(record)?;
         let namespace = self
             .caches
             .namespaces
@@ -513,57 +383,6 @@ impl Reconciler {
             &self.agent.node().cluster_name,
             &self.filter,
         ))
-    }
-
-    fn pod_of(&self, record: &EndpointRecord) -> Option<Arc<Pod>> {
-        self.caches
-            .pods
-            .get(&ObjectRef::new(&record.k8s_pod_name).within(&record.k8s_namespace))
-    }
-
-    async fn sync_endpoint(&self, record: &EndpointRecord) -> Result<(), kube::Error> {
-        let (state, enforcement) = self.agent.lifecycle(record);
-        let pod = self.pod_of(record);
-        let named_ports = pod.as_deref().map(NamedPort::of_pod).unwrap_or_default();
-        let status = cep::status(
-            record,
-            self.agent.node().ip,
-            state,
-            enforcement,
-            named_ports,
-        );
-        let api: Api<CiliumEndpoint> = Api::namespaced(self.client.clone(), &record.k8s_namespace);
-        let existing = self
-            .caches
-            .endpoints
-            .get(&ObjectRef::new(&record.k8s_pod_name).within(&record.k8s_namespace));
-        match existing {
-            Some(existing) if existing.status.as_ref() == Some(&status) => Ok(()),
-            Some(_) => {
-                // The CRD has no status subresource: the status is part of the object.
-                let patch = json!({ "status": status });
-                api.patch(
-                    &record.k8s_pod_name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-                .map(drop)
-            }
-            None => {
-                let pod_uid = pod.and_then(|p| p.uid());
-                let object = cep::object(record, pod_uid.as_deref(), status);
-                match api.create(&PostParams::default(), &object).await {
-                    Ok(_) => {
-                        tracing::info!(id = record.id, pod = %record.ipam_owner(), "created CiliumEndpoint");
-                        Ok(())
-                    }
-                    // Created by an earlier pass the cache has not shown yet.
-                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-                    Err(e) => Err(e),
-                }
-            }
-        }
     }
 
     async fn sync_routes(
@@ -591,44 +410,6 @@ impl Reconciler {
             tracing::info!(destination = %route.destination, gateway = ?route.gateway, "added route");
         }
         Ok(())
-    }
-
-    /// `status.ipam.used` of the node's CiliumNode: address → owner, as Cilium reports it.
-    async fn report_ipam(&self, nodes: &[Arc<CiliumNode>]) -> Result<(), kube::Error> {
-        let node = self.agent.node();
-        let used: BTreeMap<String, serde_json::Value> = self
-            .agent
-            .ipam_status()
-            .allocations
-            .into_iter()
-            .map(|(ip, owner)| (ip.to_string(), json!({ "owner": owner })))
-            .collect();
-        let current = nodes
-            .iter()
-            .find(|cn| cn.name_any() == node.name)
-            .and_then(|cn| cn.status.as_ref())
-            .and_then(|s| s.ipam.as_ref())
-            .and_then(|i| i.used.as_ref())
-            .map(|u| {
-                u.iter()
-                    .map(|(ip, a)| (ip.clone(), json!({ "owner": a.owner })))
-                    .collect::<BTreeMap<_, _>>()
-            })
-            .unwrap_or_default();
-        if current == used {
-            return Ok(());
-        }
-        let api: Api<CiliumNode> = Api::all(self.client.clone());
-        // A merge patch merges maps: released addresses are removed with explicit nulls.
-        let mut patch_used: serde_json::Map<String, serde_json::Value> = current
-            .keys()
-            .map(|ip| (ip.clone(), serde_json::Value::Null))
-            .collect();
-        patch_used.extend(used);
-        let patch = json!({ "status": { "ipam": { "used": patch_used } } });
-        api.patch_status(&node.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map(drop)
     }
 }
 

@@ -24,6 +24,7 @@ use aya::{
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
+use crate::ipcache::{Ipcache, IpcacheEntry};
 use crate::tc::{self, TcAttachMode};
 use crate::{
     Error, abi, addr, bpffs,
@@ -111,13 +112,6 @@ pub struct Endpoint {
     pub node_mac: [u8; 6],
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpcacheEntry {
-    pub identity: u32,
-    /// The node hosting the address when it is not this one.
-    pub tunnel_endpoint: Option<Ipv4Addr>,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyEntryView {
     pub key: PolicyKey,
@@ -190,7 +184,7 @@ pub struct Datapath {
     tc_attach: TcAttachMode,
     lxc: Ebpf,
     xdp: Ebpf,
-    ipcache: LpmTrie<MapData, abi::IpcacheKey, abi::RemoteEndpointInfo>,
+    ipcache: Ipcache,
     endpoints: HashMap<MapData, abi::EndpointKey, abi::EndpointInfo>,
     policies: HashOfMaps<MapData, u32, PolicyTrie>,
     ct: HashMap<MapData, abi::CtKey, abi::CtEntry>,
@@ -536,7 +530,7 @@ impl Datapath {
             .map_err(program_error(XDP_PREFILTER))?;
 
         let datapath = Datapath {
-            ipcache: take(&mut lxc, "cilium_ipcache")?,
+            ipcache: Ipcache::new(take(&mut lxc, "cilium_ipcache")?)?,
             endpoints: take(&mut lxc, "cilium_lxc")?,
             policies: take(&mut lxc, "cilium_policy_v2")?,
             ct: take(&mut lxc, "cilium_ct_global")?,
@@ -905,45 +899,30 @@ impl Datapath {
     }
 
     pub fn upsert_ipcache(&mut self, prefix: IpNet, entry: IpcacheEntry) -> Result<(), Error> {
-        let value = abi::RemoteEndpointInfo {
-            sec_identity: entry.identity,
-            tunnel_endpoint: entry
-                .tunnel_endpoint
-                .map_or(0, |ip| u32::from_ne_bytes(ip.octets())),
-            ..Default::default()
-        };
-        self.ipcache
-            .insert(&addr::ipcache_key(prefix), value, 0)
-            .map_err(Error::map("cilium_ipcache"))
+        self.ipcache.upsert(prefix, entry)
     }
 
     /// Removes a prefix; `false` when it was not there.
     pub fn delete_ipcache(&mut self, prefix: IpNet) -> Result<bool, Error> {
-        match self.ipcache.remove(&addr::ipcache_key(prefix)) {
-            Ok(()) => Ok(true),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
-            Err(e) => Err(Error::map("cilium_ipcache")(e)),
-        }
+        self.ipcache.delete(prefix)
     }
 
+    /// The kernel's ipcache entries, read now, by prefix.
     pub fn ipcache(&self) -> Result<Vec<(IpNet, IpcacheEntry)>, Error> {
-        let mut out = Vec::new();
-        for item in self.ipcache.iter() {
-            let (key, value) = item.map_err(Error::map("cilium_ipcache"))?;
-            if let Some(prefix) = addr::ipcache_prefix(&key) {
-                let tunnel = (value.tunnel_endpoint != 0)
-                    .then(|| Ipv4Addr::from(value.tunnel_endpoint.to_ne_bytes()));
-                out.push((
-                    prefix,
-                    IpcacheEntry {
-                        identity: value.sec_identity,
-                        tunnel_endpoint: tunnel,
-                    },
-                ));
-            }
+        Ok(self.ipcache.read()?.into_iter().collect())
+    }
+
+    /// Makes the ipcache equal to `wanted`, writing only what differs from what this
+    /// process last wrote (`reread`: from what the kernel holds now); returns the writes.
+    pub fn sync_ipcache(
+        &mut self,
+        wanted: &BTreeMap<IpNet, IpcacheEntry>,
+        reread: bool,
+    ) -> Result<usize, Error> {
+        if reread {
+            self.ipcache.reread()?;
         }
-        out.sort_by_key(|(prefix, _)| *prefix);
-        Ok(out)
+        self.ipcache.sync(wanted)
     }
 
     /// Every local endpoint address with its endpoint id, identity and veth ifindex.

@@ -14,6 +14,7 @@ pub mod addr;
 mod bpffs;
 mod datapath;
 pub mod events;
+mod ipcache;
 pub mod lb;
 pub mod policy;
 mod tc;
@@ -23,9 +24,10 @@ use std::path::PathBuf;
 pub use bpffs::DEFAULT_ROOT as DEFAULT_BPFFS_ROOT;
 pub use datapath::{
     CtEntry, CtTimeouts, Datapath, DatapathConfig, Endpoint, EndpointCounter, EndpointProgram,
-    IpcacheEntry, PolicyEntryView, PrefilterEntry, PrefilterTotals, monotonic_ns, policy_map_name,
+    PolicyEntryView, PrefilterEntry, PrefilterTotals, monotonic_ns, policy_map_name,
 };
 pub use events::{EventKind, VerdictEvent, reason_name};
+pub use ipcache::IpcacheEntry;
 pub use policy::{Direction, L4Match, PolicyKey, PolicyMap, Verdict};
 pub use tc::TcAttachMode;
 
