@@ -26,6 +26,18 @@ pub enum EtcdError {
     LeaseLost(i64),
 }
 
+impl EtcdError {
+    /// Whether etcd answered with more than the client decodes at once (a page of large
+    /// values): the same request for fewer keys can succeed.
+    pub fn is_response_too_large(&self) -> bool {
+        matches!(
+            self,
+            EtcdError::Client(etcd_client::Error::GRpcStatus(status))
+                if status.code() == tonic::Code::OutOfRange
+        )
+    }
+}
+
 /// Where etcd is and how to authenticate.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]

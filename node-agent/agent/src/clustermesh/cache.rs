@@ -232,6 +232,16 @@ impl RemoteCache {
         }
     }
 
+    /// Refuses `key`, whose value could not be read at all (too large to receive), and
+    /// drops what the cache held for it; returns whether the cache changed.
+    pub fn refuse_unread(&mut self, key: &str, reason: &str) -> bool {
+        if classify(&self.cluster, key).is_none() {
+            return false;
+        }
+        self.refuse(key, format!("{key}: {reason}"));
+        self.delete(key)
+    }
+
     /// Removes `key`; returns whether the cache held it.
     pub fn delete(&mut self, key: &str) -> bool {
         match classify(&self.cluster, key) {
@@ -378,6 +388,26 @@ pub(crate) mod tests {
         cache.put(&keys::node_key("cluster2", "n"), node_of_other.as_bytes());
         assert_eq!(cache.invalid, 5);
         assert!(cache.identities.is_empty() && cache.nodes.is_empty());
+    }
+
+    #[test]
+    fn a_value_too_large_to_read_is_refused_by_its_key() {
+        let mut cache = RemoteCache::new("cluster2", 102);
+        let ip_key = keys::ip_key("10.211.0.5");
+        assert!(cache.put(&ip_key, &pair("10.211.0.5", C2 + 300)));
+        assert!(
+            cache.refuse_unread(&ip_key, "too large"),
+            "the old value goes"
+        );
+        assert!(cache.ips.is_empty());
+        assert_eq!(cache.invalid, 1);
+        assert!(!cache.refuse_unread(&keys::ip_key("10.211.0.6"), "too large"));
+        assert_eq!(cache.invalid, 2, "counted even when nothing was held");
+        assert!(!cache.refuse_unread("cilium/.heartbeat", "too large"));
+        assert_eq!(
+            cache.invalid, 2,
+            "keys the agent does not read are not counted"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cilium_kvstore::etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use cilium_kvstore::etcd_client::{Client, EventType, GetOptions, KvClient, WatchOptions};
 use cilium_kvstore::keys::{
     self, HEARTBEAT_KEY, IDENTITIES_PREFIX, IP_PREFIX, NODES_PREFIX, SERVICES_PREFIX,
 };
@@ -19,6 +19,10 @@ use super::cache::{ConfigError, RemoteCache, check_config};
 const STATE_PREFIX: &str = "cilium/state/";
 /// Keys per page of the initial list (a remote cluster may hold tens of thousands).
 const PAGE: i64 = 2_000;
+/// The largest response decoded (gRPC's default is 4 MiB, which ten values of 1.2 MiB in
+/// one page exceed: the list failed on every try, and the cluster was never read). A page
+/// over it is asked for again in halves; a single value over it is refused by its key.
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// How often a session proves the remote etcd still answers.
 const STATUS_CHECK: Duration = Duration::from_secs(5);
 /// How long one check (or a canary poll) may take.
@@ -179,15 +183,38 @@ async fn list(
     cluster_id: u8,
 ) -> Result<(RemoteCache, i64), SessionError> {
     let mut cache = RemoteCache::new(name, cluster_id);
+    let mut kv = client
+        .kv_client()
+        .max_decoding_message_size(MAX_RESPONSE_BYTES);
     let end = prefix_end(STATE_PREFIX);
     let mut from = STATE_PREFIX.as_bytes().to_vec();
     let mut revision = 0;
+    let mut page = PAGE;
     loop {
-        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(page);
         if revision != 0 {
             options = options.with_revision(revision);
         }
-        let response = timed(client.get(from.clone(), Some(options))).await?;
+        let response = match timed(kv.get(from.clone(), Some(options))).await {
+            Ok(response) => response,
+            Err(SessionError::Etcd(e)) if e.is_response_too_large() && page > 1 => {
+                page /= 2;
+                continue;
+            }
+            Err(SessionError::Etcd(e)) if e.is_response_too_large() => {
+                let (key, at) = first_key(&mut kv, &from, &end, revision).await?;
+                revision = at;
+                cache.refuse_unread(
+                    &String::from_utf8_lossy(&key),
+                    &format!("a value over the {MAX_RESPONSE_BYTES} bytes a response may carry"),
+                );
+                from = key;
+                from.push(0);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        page = (page * 2).min(PAGE);
         if revision == 0 {
             revision = response.header().map_or(0, |h| h.revision());
         }
@@ -204,6 +231,33 @@ async fn list(
     }
 }
 
+/// The first key in `from..end` (without its value) and the revision it was read at.
+async fn first_key(
+    kv: &mut KvClient,
+    from: &[u8],
+    end: &[u8],
+    revision: i64,
+) -> Result<(Vec<u8>, i64), SessionError> {
+    let mut options = GetOptions::new()
+        .with_range(end.to_vec())
+        .with_limit(1)
+        .with_keys_only();
+    if revision != 0 {
+        options = options.with_revision(revision);
+    }
+    let response = timed(kv.get(from.to_vec(), Some(options))).await?;
+    let at = match revision {
+        0 => response.header().map_or(0, |h| h.revision()),
+        known => known,
+    };
+    let key = response
+        .kvs()
+        .first()
+        .map(|kv| kv.key().to_vec())
+        .ok_or_else(|| SessionError::Invalid("a page too large to read holds no key".into()))?;
+    Ok((key, at))
+}
+
 /// Applies the watch's events from `revision` on, and checks etcd every [`STATUS_CHECK`].
 async fn follow(
     mesh: &ClusterMesh,
@@ -214,7 +268,11 @@ async fn follow(
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision + 1);
-    let mut stream = client.watch(STATE_PREFIX, Some(options)).await?;
+    let mut stream = client
+        .watch_client()
+        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+        .watch(STATE_PREFIX, Some(options))
+        .await?;
     let mut check = tokio::time::interval(STATUS_CHECK);
     loop {
         tokio::select! {
